@@ -17,14 +17,18 @@ class GraphConfig(BaseModel):
     Args:
         neighbor_strategy: ``"k-nearest"`` (the study's and the reference
             ALIGNN's default): each atom's ``max_neighbors`` nearest
-            neighbours within ``cutoff`` across periodic images, ties at the
-            k-th distance kept, the cutoff widened where an atom has fewer
-            than ``max_neighbors`` (default: ``"k-nearest"``).
-        cutoff: Initial neighbour cutoff in Å (default: ``8.0``).
+            neighbours across periodic images, ties at the k-th distance kept,
+            the search widened where an atom has fewer than ``max_neighbors``;
+            see :mod:`matxfer.graphs.neighbors` (default: ``"k-nearest"``).
+        cutoff: The reference's first search radius in Å. The k-nearest graph
+            does not depend on it (only on each atom's k-th neighbour
+            distance); kept to record the reference setting (default: ``8.0``).
         max_neighbors: k (default: ``12``).
         max_cutoff: Widening stops here; an atom with fewer neighbours within
             this radius makes the structure invalid (default: ``30.0``).
-        cutoff_step: Widening increment in Å, as in the reference (default: ``1.0``).
+        cutoff_step: Not used by ``"k-nearest"``: the reference widens to the
+            longest cell vector and then doubles, and the graph does not depend
+            on how the search widens (default: ``1.0``).
         line_graph: Build the bond-angle line graph (default: ``True``).
     """
 

@@ -1,0 +1,251 @@
+"""Target normalisation, fitted on training data and stored with the model.
+
+Each kind is a per-column affine map :math:`y' = (y - a) / b`:
+
+* ``standardize``: :math:`a = \\mu`, :math:`b = \\sigma`.
+* ``minmax``: maps the training range onto [-1, 1],
+  :math:`a = (y_{max} + y_{min}) / 2`, :math:`b = (y_{max} - y_{min}) / 2`.
+* ``both``: standardizes, then maps the standardized training range onto
+  [-1, 1], as the study published its targets ("standardized, then scaled
+  into [-1, 1]"; Devi, Butler & Sai Gautam, arXiv 2406.13142). Because
+  standardizing is itself affine, the result equals ``minmax`` up to float
+  rounding; the kind exists to name the study's pipeline.
+* ``none``: identity.
+
+Statistics ignore missing labels (NaN), which stay NaN. A column with zero
+spread (constant, or a single labelled record) gets scale 1 and a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from matxfer.errors import ConfigError, DataError
+
+TransformKind = Literal["standardize", "minmax", "both", "none"]
+TRANSFORM_KINDS: tuple[str, ...] = ("standardize", "minmax", "both", "none")
+_STATS = ("mean", "std", "min", "max")
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
+
+
+def resolve_kind(kind: str) -> TransformKind:
+    """Validate a transform name (case-insensitive).
+
+    Args:
+        kind: One of ``standardize``, ``minmax``, ``both``, ``none``.
+
+    Raises:
+        ConfigError: Unknown name; the message lists the choices.
+    """
+    name = kind.lower()
+    if name not in TRANSFORM_KINDS:
+        raise ConfigError(f"unknown target transform {kind!r}; choose one of {TRANSFORM_KINDS}")
+    return name  # type: ignore[return-value]
+
+
+class TargetTransform(nn.Module):
+    """Per-column target normalisation whose statistics are registered buffers.
+
+    The statistics (``mean``, ``std``, ``min``, ``max``, each of shape [P],
+    from the training targets) and the derived ``shift``/``scale`` live in
+    the ``state_dict``, and ``kind`` travels as its extra state, so a model
+    that owns a ``TargetTransform`` restores it with ``load_state_dict``.
+
+    Args:
+        kind: ``standardize``, ``minmax``, ``both`` or ``none``
+            (default: ``standardize``).
+        num_targets: Number of target columns P (default: 1).
+
+    Shapes:
+        - **input/output:** ``[..., P]`` (or ``[N]`` when P = 1), a Tensor or
+          a NumPy array; the output has the input's type, dtype and shape.
+    """
+
+    mean: Tensor
+    std: Tensor
+    min: Tensor
+    max: Tensor
+    shift: Tensor
+    scale: Tensor
+    fitted: Tensor
+
+    def __init__(self, kind: str = "standardize", num_targets: int = 1) -> None:
+        super().__init__()
+        if num_targets < 1:
+            raise ConfigError(f"num_targets must be at least 1, got {num_targets}")
+        self.kind: TransformKind = resolve_kind(kind)
+        self.num_targets = num_targets
+        for name, value in [("mean", 0.0), ("std", 1.0), ("min", -1.0), ("max", 1.0)]:
+            self.register_buffer(name, torch.full((num_targets,), value, dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros(num_targets, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(num_targets, dtype=torch.float64))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, num_targets={self.num_targets}, fitted={bool(self.fitted)}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.kind = resolve_kind(state["kind"])
+
+    @torch.no_grad()
+    def fit(self, y: Tensor | np.ndarray) -> TargetTransform:
+        """Compute the statistics from training targets.
+
+        Args:
+            y: Training targets ``[N, P]`` (or ``[N]`` when P = 1), NaN where
+                a label is missing; never include validation or test records.
+
+        Returns:
+            ``self``, fitted.
+
+        Raises:
+            DataError: The shape does not match P, or a column has no label.
+        """
+        values = self._as_columns(torch.as_tensor(y, dtype=torch.float64))
+        if bool(torch.isinf(values).any()):
+            raise DataError("training targets contain infinite values; fix or drop those records")
+        labelled = ~torch.isnan(values)
+        count = labelled.sum(dim=0)
+        if bool((count == 0).any()):
+            empty = torch.nonzero(count == 0).flatten().tolist()
+            raise DataError(f"target column(s) {empty} have no labelled training value")
+        filled = torch.where(labelled, values, 0.0)
+        mean = filled.sum(dim=0) / count
+        # Population std (ddof 0), so standardized training targets have std exactly 1.
+        std = (torch.where(labelled, values - mean, 0.0) ** 2).sum(dim=0).div(count).sqrt()
+        y_min = torch.where(labelled, values, torch.inf).amin(dim=0)
+        y_max = torch.where(labelled, values, -torch.inf).amax(dim=0)
+        for name, stat in zip(_STATS, (mean, std, y_min, y_max), strict=True):
+            getattr(self, name).copy_(stat)
+        self.fitted.fill_(True)
+        self._update_affine()
+        return self
+
+    def _update_affine(self) -> None:
+        """Derive ``shift``/``scale`` from the statistics and ``kind``."""
+        flat = self.std == 0
+        if self.kind != "none" and bool(flat.any()):
+            columns = torch.nonzero(flat).flatten().tolist()
+            warnings.warn(
+                f"target column(s) {columns} have zero spread in the training data; "
+                "using scale 1 for them",
+                UserWarning,
+                stacklevel=3,
+            )
+        std = torch.where(flat, 1.0, self.std)
+        half_range = torch.where(flat, 1.0, (self.max - self.min) / 2)
+        centre = (self.max + self.min) / 2
+        if self.kind == "standardize":
+            shift, scale = self.mean, std
+        elif self.kind == "minmax":
+            shift, scale = centre, half_range
+        elif self.kind == "both":
+            # Standardize, then map the standardized range [z_min, z_max] onto [-1, 1].
+            z_centre = (centre - self.mean) / std
+            z_half_range = torch.where(flat, 1.0, half_range / std)
+            shift, scale = self.mean + std * z_centre, std * z_half_range
+        else:
+            shift, scale = torch.zeros_like(self.mean), torch.ones_like(self.std)
+        self.shift.copy_(shift)
+        self.scale.copy_(scale)
+
+    def _as_columns(self, y: Tensor) -> Tensor:
+        """``y`` as ``[N, P]``, checking its last dimension."""
+        if y.dim() == 1 and self.num_targets == 1:
+            return y.unsqueeze(-1)
+        if y.dim() != 2 or y.shape[-1] != self.num_targets:
+            raise DataError(
+                f"expected targets of shape [N, {self.num_targets}], got {list(y.shape)}"
+            )
+        return y
+
+    def _apply(self, y: ArrayOrTensor, inverse: bool) -> ArrayOrTensor:
+        if not bool(self.fitted):
+            raise DataError("the target transform is not fitted: call fit() on training targets")
+        values = torch.as_tensor(y)
+        one_column = self.num_targets == 1 and values.dim() == 1
+        if values.dim() == 0 or (values.shape[-1] != self.num_targets and not one_column):
+            raise DataError(
+                f"expected targets with last dimension {self.num_targets}, got {list(values.shape)}"
+            )
+        dtype = values.dtype if values.is_floating_point() else torch.float64
+        shift = self.shift.to(device=values.device, dtype=dtype)
+        scale = self.scale.to(device=values.device, dtype=dtype)
+        out = values * scale + shift if inverse else (values - shift) / scale
+        return out.numpy() if isinstance(y, np.ndarray) else out
+
+    def forward(self, y: ArrayOrTensor) -> ArrayOrTensor:
+        """Transform targets to normalised units (same as :meth:`transform`)."""
+        return self._apply(y, inverse=False)
+
+    def transform(self, y: ArrayOrTensor) -> ArrayOrTensor:
+        """Targets in original units → normalised units.
+
+        Args:
+            y: Targets ``[..., P]``; NaN stays NaN.
+        """
+        return self._apply(y, inverse=False)
+
+    def inverse(self, y: ArrayOrTensor) -> ArrayOrTensor:
+        """Predictions in normalised units → original units.
+
+        Args:
+            y: Normalised values ``[..., P]``.
+        """
+        return self._apply(y, inverse=True)
+
+    def scale_factor(self) -> Tensor:
+        """Per-column factor [P] turning an MAE in normalised units into original units."""
+        return self.scale.clone()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description: kind, P, fitted flag and the statistics as lists."""
+        stats = {name: getattr(self, name).tolist() for name in _STATS}
+        return {
+            "kind": self.kind,
+            "num_targets": self.num_targets,
+            "fitted": bool(self.fitted),
+            **stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetTransform:
+        """Rebuild a transform written by :meth:`to_dict`.
+
+        Args:
+            data: The dictionary (e.g. read back from JSON).
+
+        Raises:
+            ConfigError: Keys are missing or statistics have the wrong length.
+        """
+        missing = [k for k in ("kind", "num_targets", "fitted", *_STATS) if k not in data]
+        if missing:
+            raise ConfigError(f"target transform description lacks {missing}")
+        transform = cls(kind=data["kind"], num_targets=int(data["num_targets"]))
+        for name in _STATS:
+            values = torch.as_tensor(data[name], dtype=torch.float64).reshape(-1)
+            if values.numel() != transform.num_targets:
+                raise ConfigError(
+                    f"target transform {name!r} has {values.numel()} values, "
+                    f"expected {transform.num_targets}"
+                )
+            getattr(transform, name).copy_(values)
+        transform.fitted.fill_(bool(data["fitted"]))
+        with warnings.catch_warnings():
+            # The zero-spread warning was already given when the transform was fitted.
+            warnings.simplefilter("ignore", UserWarning)
+            transform._update_affine()
+        return transform
+
+
+#: The name the project contract uses for the module stored with a model.
+TargetScaler = TargetTransform

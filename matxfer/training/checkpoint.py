@@ -1,0 +1,235 @@
+"""Checkpoints that rebuild a model without the training code or config.
+
+A matxfer checkpoint is a ``torch.save``-d dict with (at least)
+
+* ``state_dict``: parameters and buffers, keys ``model.*`` (the
+  :class:`~matxfer.models.ALIGNN`) and ``transform.*`` (the fitted
+  :class:`~matxfer.data.transforms.TargetTransform`);
+* ``matxfer``: a JSON-ready payload: checkpoint format, matxfer version,
+  model class and constructor arguments (``model.config_dict()``), target
+  transform, graph config and target names.
+
+Lightning's ``.ckpt`` files (``best.ckpt``, ``last.ckpt``) are such dicts
+(the payload is added in ``on_save_checkpoint``), with optimizer and loop
+states besides; :func:`save_model` writes a lean one. :func:`load_model`
+reads either and loads the weights with ``strict=True``. Every file is
+written to a temporary name and renamed into place, so a run killed while
+saving never leaves a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from matxfer import __version__
+from matxfer.data.transforms import TargetTransform
+from matxfer.errors import MatxferError
+from matxfer.graphs.config import GraphConfig
+from matxfer.models import ALIGNN
+
+#: Bump when the payload layout changes incompatibly.
+CHECKPOINT_FORMAT = 1
+#: Model classes a checkpoint may name, by the name it stores.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"ALIGNN": ALIGNN}
+#: Checkpoint a run directory resolves to.
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_payload(
+    model: nn.Module,
+    transform: TargetTransform,
+    graph_config: GraphConfig,
+    target_names: list[str],
+) -> dict[str, Any]:
+    """Everything besides the weights needed to rebuild and use ``model``.
+
+    Args:
+        model: The model; must have ``config_dict()``.
+        transform: The fitted target transform.
+        graph_config: How its input graphs are built.
+        target_names: Names of its P outputs, in order.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "matxfer_version": __version__,
+        "torch_version": str(torch.__version__),
+        "model_class": type(model).__name__,
+        "model_config": model.config_dict(),
+        "transform": transform.to_dict(),
+        "graph_config": graph_config.model_dump(mode="json"),
+        "target_names": list(target_names),
+    }
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    transform: TargetTransform,
+    graph_config: GraphConfig,
+    target_names: list[str],
+) -> Path:
+    """Write a lean checkpoint (weights + payload, no optimizer state) atomically.
+
+    Args:
+        path: Destination file (e.g. ``model.ckpt``).
+        model: The model.
+        transform: Its fitted target transform.
+        graph_config: Graph construction it expects.
+        target_names: Names of its outputs.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"transform.{k}": v for k, v in transform.state_dict().items()})
+    payload = checkpoint_payload(model, transform, graph_config, target_names)
+    atomic_torch_save({"state_dict": state, "matxfer": payload}, path)
+    return Path(path)
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
+    """A checkpoint file, or a run directory's ``best.ckpt``.
+
+    Raises:
+        MatxferError: Neither exists (the message says what was looked for).
+    """
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        best = path / BEST_CHECKPOINT
+        if not best.is_file():
+            raise MatxferError(
+                f"{path} holds no {BEST_CHECKPOINT}: is it a finished training run "
+                "(matxfer train --out DIR)?"
+            )
+        return best
+    if not path.is_file():
+        raise MatxferError(f"{path}: no such run directory or checkpoint file")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a matxfer checkpoint dict (tensors on CPU, ``weights_only``).
+
+    Raises:
+        MatxferError: The file is not a readable checkpoint, lacks the matxfer
+            payload, or was written by an incompatible matxfer.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MatxferError(f"{path}: checkpoint file not found") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise MatxferError(
+            f"{path}: not a readable checkpoint ({str(error).splitlines()[0]}); "
+            "the file may be truncated or corrupted: re-copy it or retrain"
+        ) from None
+    if not isinstance(checkpoint, dict) or "matxfer" not in checkpoint:
+        raise MatxferError(
+            f"{path}: not a matxfer checkpoint (no model description); "
+            "use a checkpoint written by matxfer train"
+        )
+    fmt = checkpoint["matxfer"].get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        raise MatxferError(
+            f"{path}: checkpoint format {fmt} written by matxfer "
+            f"{checkpoint['matxfer'].get('matxfer_version')}; this matxfer ({__version__}) reads "
+            f"format {CHECKPOINT_FORMAT}"
+        )
+    if "state_dict" not in checkpoint:
+        raise MatxferError(f"{path}: checkpoint holds no weights (state_dict)")
+    return checkpoint
+
+
+def split_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
+    """Entries of ``state`` under ``prefix.`` with the prefix removed."""
+    head = prefix + "."
+    return {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with what it needs to predict.
+
+    Attributes:
+        model: The model (eval mode, CPU).
+        transform: Its fitted target transform (maps outputs to original units by ``inverse``).
+        graph_config: How input graphs must be built.
+        target_names: Names of the outputs.
+        path: The checkpoint file.
+        info: The checkpoint's matxfer payload (versions, model config).
+        epoch: Training epoch of the weights, when stored.
+    """
+
+    model: nn.Module
+    transform: TargetTransform
+    graph_config: GraphConfig
+    target_names: list[str]
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+
+
+def load_model(run_or_ckpt: str | Path) -> LoadedModel:
+    """Rebuild a model and its target transform from a checkpoint, strictly.
+
+    Args:
+        run_or_ckpt: A checkpoint file or a run directory (its ``best.ckpt``).
+
+    Raises:
+        MatxferError: Missing or corrupted file, unknown model class, or
+            weights that do not match the stored model configuration.
+    """
+    path = resolve_checkpoint(run_or_ckpt)
+    checkpoint = read_checkpoint(path)
+    info = checkpoint["matxfer"]
+    model_class = MODEL_CLASSES.get(info.get("model_class", ""))
+    if model_class is None:
+        raise MatxferError(
+            f"{path}: unknown model class {info.get('model_class')!r}; "
+            f"this matxfer knows {sorted(MODEL_CLASSES)}"
+        )
+    try:
+        model = model_class.from_config_dict(info["model_config"])  # type: ignore[attr-defined]
+        model.load_state_dict(split_state_dict(checkpoint["state_dict"], "model"), strict=True)
+        transform = TargetTransform.from_dict(info["transform"])
+        graph_config = GraphConfig.model_validate(info["graph_config"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise MatxferError(
+            f"{path}: the weights do not match the stored model description "
+            f"({str(error).splitlines()[0]}); was the file edited or written by another program?"
+        ) from None
+    model.eval()
+    return LoadedModel(
+        model=model,
+        transform=transform,
+        graph_config=graph_config,
+        target_names=list(info["target_names"]),
+        path=path,
+        info=info,
+        epoch=checkpoint.get("epoch"),
+    )

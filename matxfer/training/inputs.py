@@ -1,0 +1,298 @@
+"""From what the user names (files, named datasets, structures) to labelled graphs.
+
+:func:`prepare_splits` is the one place that decides which records train,
+validate and test a model:
+
+* a named dataset (``ph``, resolved under ``data_dir``) or a folder in the
+  study layout, with ``trial`` and ``size``: the study's fine-tuning subset,
+  its fixed test set, a seeded 90/10 train/validation split;
+* the same without ``trial``: its pool (optionally sampled down to ``size``)
+  and its fixed test set;
+* a file: its records; the test set is ``test`` when given, else a seeded
+  ``test_fraction`` of the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ase import Atoms
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from matxfer.data import Dataset, NamedDataset, ValidationConfig, read_dataset, resolve_named
+from matxfer.data.records import Record, target_names
+from matxfer.data.registry import is_named, open_study_directory
+from matxfer.data.sampling import sample
+from matxfer.data.splits import (
+    check_no_overlap,
+    remove_test_records,
+    test_split,
+    train_val_split,
+    trial_subset,
+)
+from matxfer.data.validate import InvalidRecordError, check_structure, describe_error
+from matxfer.errors import ConfigError, DataError, MatxferError, Problem
+from matxfer.graphs import build_graphs
+from matxfer.graphs.config import GraphConfig
+from matxfer.graphs.data import CrystalGraph
+from matxfer.training.config import TrainConfig
+from matxfer.training.loaders import with_targets
+
+#: Suffixes of single-structure files that ``predict`` reads without labels.
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
+
+
+def cache_dir() -> Path:
+    """matxfer's cache root: ``$MATXFER_CACHE``, else ``~/.cache/matxfer``."""
+    root = os.environ.get("MATXFER_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "matxfer"
+
+
+def graph_cache_dir() -> Path:
+    """Where built graphs are cached (content-keyed, so safe to share between runs)."""
+    return cache_dir() / "graphs"
+
+
+@dataclass
+class Splits:
+    """The records of one run and where they came from.
+
+    Attributes:
+        train: Training records.
+        val: Validation records (early stopping, best-epoch choice).
+        test: Test records (never used for training decisions).
+        target_names: Target names, the column order of every array.
+        source: Description of the training data.
+        test_source: Description of the test data.
+        skipped: Number of invalid records skipped while reading.
+    """
+
+    train: list[Record]
+    val: list[Record]
+    test: list[Record]
+    target_names: list[str]
+    source: str
+    test_source: str
+    skipped: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts = {split: len(records) for split, records in self.parts().items()}
+
+    def parts(self) -> dict[str, list[Record]]:
+        """``{"train": ..., "val": ..., "test": ...}``."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def read_records(
+    data: str | Path,
+    format: str | None = None,
+    target_key: str | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[Record], str, int]:
+    """Read a dataset file or directory: (records, source, number skipped)."""
+    dataset = read_dataset(data, format=format, target_key=target_key, skip_invalid=skip_invalid)
+    return list(dataset.records), str(dataset.source), len(dataset.skipped)
+
+
+def _named_dataset(
+    data: str | Path, data_dir: str | Path | None, skip_invalid: bool
+) -> NamedDataset | None:
+    """The named dataset or study-layout folder ``data`` stands for, else ``None`` (a file)."""
+    path = Path(data).expanduser()
+    if path.is_dir() and (path / "pool.json.gz").is_file():
+        return open_study_directory(path, skip_invalid=skip_invalid)
+    if not path.exists() and is_named(str(data)):
+        return resolve_named(str(data), data_dir=data_dir, skip_invalid=skip_invalid)
+    return None
+
+
+def _part(dataset: Dataset) -> tuple[list[Record], str, int]:
+    return list(dataset.records), str(dataset.source), len(dataset.skipped)
+
+
+def prepare_splits(
+    data: str | Path,
+    config: TrainConfig,
+    test: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    trial: int | None = None,
+    size: int | None = None,
+    target_key: str | None = None,
+    format: str | None = None,
+    skip_invalid: bool = False,
+) -> Splits:
+    """Train/validation/test records of a run (see the module docstring for the rules).
+
+    Args:
+        data: Dataset file/directory, a folder in the study layout
+            (``pool.json.gz``, ``test.json.gz``, ``trials.json``) or a named
+            dataset (``ph``, ``dc``, ...).
+        config: Supplies ``seed``, ``val_fraction``, ``test_fraction``, ``sampling``.
+        test: Test dataset file; wins over a named dataset's fixed test set.
+        data_dir: Where named datasets live (e.g. ``../shared/datasets``).
+        trial: The study's trial number (named datasets; needs ``size``).
+        size: Number of training + validation records.
+        target_key: Which target a file's records carry (see the readers).
+        format: File format, when the suffix does not tell.
+        skip_invalid: Skip invalid records (reported) instead of failing.
+
+    Raises:
+        MatxferError: Inconsistent options, or data problems from the readers.
+    """
+    if trial is not None and size is None:
+        raise ConfigError("--trial needs --size (the study's subset sizes: 10, 100, 200, 500, 800)")
+    named = _named_dataset(data, data_dir, skip_invalid)
+    fixed_test: list[Record] | None = None
+    test_source = ""
+    skipped = 0
+    if named is not None:
+        pool, source, skipped = _part(named.pool)
+        if test is None and named.test is not None:
+            fixed_test, test_source, n = _part(named.test)
+            skipped += n
+        if trial is not None:
+            if named.trials is None:
+                raise MatxferError(f"dataset {data!r} has no trials.json; drop --trial")
+            pool = trial_subset(pool, named.trials, trial, size)
+            source += f" (trial {trial}, size {size})"
+            size = None
+    elif trial is not None:
+        raise ConfigError(
+            "--trial applies to named datasets (e.g. `ph --data-dir DIR`) or study folders only"
+        )
+    else:
+        pool, source, skipped = read_records(data, format, target_key, skip_invalid)
+    if test is not None:
+        fixed_test, test_source, n = read_records(test, format, target_key, skip_invalid)
+        skipped += n
+    if fixed_test is None:
+        pool, fixed_test = test_split(pool, config.test_fraction, seed=config.seed)
+        test_source = f"{config.test_fraction:g} of {source} held out (seed {config.seed})"
+    else:
+        before = len(pool)
+        pool = remove_test_records(pool, fixed_test)
+        if len(pool) < before:
+            source += f" ({before - len(pool)} records also in the test set removed)"
+        check_no_overlap(pool, fixed_test)
+    if size is not None:
+        pool = sample(pool, size, config.sampling, seed=config.seed)
+        source += f" ({config.sampling} sample of {size}, seed {config.seed})"
+    train, val = train_val_split(pool, config.val_fraction, seed=config.seed)
+    names = target_names(train)
+    if not names:
+        raise DataError(f"{source}: the training records carry no target values")
+    return Splits(train, val, fixed_test, names, source, test_source, skipped)
+
+
+def _is_structure_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(STRUCTURE_SUFFIXES) or name.startswith(("poscar", "contcar"))
+
+
+def structure_files(path: str | Path) -> list[Path] | None:
+    """Structure files ``path`` names: itself, or those in a folder without ``id_prop.csv``;
+    ``None`` when it is not such a file or folder (e.g. a dataset file)."""
+    path = Path(path).expanduser()
+    if path.is_file() and _is_structure_file(path):
+        return [path]
+    if path.is_dir() and not (path / "id_prop.csv").is_file():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+        return files or None
+    return None
+
+
+def read_unlabelled(files: Sequence[Path], skip_invalid: bool = False) -> tuple[list[Record], int]:
+    """Records without targets from structure files (CIF, POSCAR), id = file name.
+
+    Raises:
+        DataError: Unreadable or invalid structures (all listed), unless ``skip_invalid``.
+    """
+    records, problems = [], []
+    for index, path in enumerate(files):
+        try:
+            structure = Structure.from_file(path)
+            check_structure(structure, ValidationConfig())
+        except InvalidRecordError as error:
+            problems.append(Problem(str(path), None, path.name, str(error)))
+            continue
+        except Exception as error:  # pymatgen raises many types for malformed files
+            reason = f"unreadable structure ({describe_error(error)})"
+            problems.append(Problem(str(path), None, path.name, reason))
+            continue
+        records.append(Record(path.name, structure, {}, str(path), index))
+    if problems and not skip_invalid:
+        raise DataError(f"{len(problems)} of {len(files)} structure files are invalid "
+                        "(--skip-invalid drops them)", problems)
+    return records, len(problems)
+
+
+def records_to_predict(
+    data: str | Path, format: str | None = None, target_key: str | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[Record], str, int]:
+    """Records of ``data`` for prediction: structure files (labels not needed) or a
+    dataset (any format the readers take). Returns (records, source, number skipped)."""
+    files = structure_files(data)
+    if files is not None:
+        records, skipped = read_unlabelled(files, skip_invalid)
+        return records, str(data), skipped
+    return read_records(data, format, target_key, skip_invalid)
+
+
+def as_structures(items: Sequence[Structure | Atoms]) -> list[Structure]:
+    """pymatgen Structures from Structures or periodic ASE Atoms.
+
+    Raises:
+        DataError: An item is neither, or an Atoms object has no 3-D cell.
+    """
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, Structure):
+            out.append(item)
+        elif isinstance(item, Atoms):
+            if not all(item.pbc) or item.cell.rank != 3:
+                raise DataError(
+                    f"structure {index}: ASE Atoms without a periodic 3-D cell "
+                    f"(pbc={item.pbc.tolist()}); ALIGNN needs crystals"
+                )
+            out.append(AseAtomsAdaptor.get_structure(item))
+        else:
+            raise DataError(
+                f"structure {index}: expected a pymatgen Structure or ASE Atoms, "
+                f"got {type(item).__name__}"
+            )
+    return out
+
+
+def graphs_of(
+    structures: Sequence[Structure],
+    graph_config: GraphConfig,
+    progress: bool = False,
+    ids: Sequence[str] | None = None,
+) -> list[CrystalGraph]:
+    """Build (or read from matxfer's graph cache) the graphs of ``structures``.
+
+    Args:
+        structures: The crystals.
+        graph_config: Graph parameters.
+        progress: Show a progress bar.
+        ids: Record ids, to name failing structures in errors.
+    """
+    return build_graphs(
+        list(structures), graph_config, cache_dir=graph_cache_dir(), progress=progress, ids=ids
+    )
+
+
+def labelled_graphs(
+    records: Sequence[Record], names: Sequence[str], graph_config: GraphConfig,
+    progress: bool = False,
+) -> list[CrystalGraph]:
+    """Graphs of ``records`` carrying their targets as ``y`` ``[1, P]`` (original units)."""
+    graphs = graphs_of([r.structure for r in records], graph_config, progress,
+                       [r.id for r in records])
+    return with_targets(graphs, records, names)

@@ -1,0 +1,170 @@
+"""The Lightning module: a plain model, a target transform and the training step.
+
+The model predicts in transformed (normalised) units; the loss is computed
+there. Labels arrive in original units on ``batch.y`` and are transformed
+in :meth:`PropertyModule.step`; missing labels (NaN) are masked out, so
+multi-property batches with partial labels train correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from matxfer.data.transforms import TargetTransform
+from matxfer.errors import ConfigError
+from matxfer.graphs.config import GraphConfig
+from matxfer.training.checkpoint import checkpoint_payload
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
+#: (model, lr, weight_decay) → optimizer parameter groups (dicts with ``params`` and ``lr``).
+ParamGroups = Callable[[nn.Module, float, float], list[dict[str, Any]]]
+
+
+def resolve_loss(name: str, huber_delta: float = 1.0) -> LossFunction:
+    """The loss function called ``name`` (mean over labelled entries).
+
+    Args:
+        name: ``mse`` (the study), ``l1`` or ``huber`` (case-insensitive).
+        huber_delta: Threshold between the quadratic and linear parts of ``huber``.
+
+    Raises:
+        ConfigError: Unknown name; the message lists the choices.
+    """
+    losses: dict[str, LossFunction] = {
+        "mse": F.mse_loss,
+        "l1": F.l1_loss,
+        "huber": lambda pred, target: F.huber_loss(pred, target, delta=huber_delta),
+    }
+    try:
+        return losses[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(losses)}") from None
+
+
+class PropertyModule(pl.LightningModule):
+    """Trains a graph regression model with AdamW and a one-cycle schedule.
+
+    Args:
+        model: Maps a batch to predictions ``[B, P]`` in transformed units;
+            must have ``config_dict()`` (stored in checkpoints).
+        transform: Fitted target transform (original → transformed units).
+        target_names: Names of the P targets.
+        graph_config: Graph construction of the inputs (stored in checkpoints).
+        loss: ``mse``, ``l1`` or ``huber`` (default: ``"mse"``).
+        huber_delta: Huber threshold (default: ``1.0``).
+        lr: Peak learning rate (default: ``1e-3``).
+        weight_decay: AdamW weight decay (default: ``1e-5``).
+        scheduler: ``onecycle`` (stepped every batch) or ``none`` (default: ``"onecycle"``).
+        pct_start: Warm-up share of the one-cycle schedule (default: ``0.3``).
+        param_groups: Builds optimizer parameter groups with their own peak
+            learning rates (e.g. discriminative fine-tuning, see
+            :func:`matxfer.transfer.freeze.param_groups`); default: one group of
+            all trainable parameters at ``lr``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        transform: TargetTransform,
+        target_names: list[str],
+        graph_config: GraphConfig | dict[str, Any] | None = None,
+        loss: str = "mse",
+        huber_delta: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        scheduler: str = "onecycle",
+        pct_start: float = 0.3,
+        param_groups: ParamGroups | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler not in ("onecycle", "none"):
+            raise ConfigError(
+                f"unknown scheduler {scheduler!r}; choose one of ['none', 'onecycle']"
+            )
+        self.model = model
+        self.transform = transform
+        self.param_groups = param_groups
+        self.loss_fn = resolve_loss(loss, huber_delta)
+        if not isinstance(graph_config, GraphConfig):
+            graph_config = GraphConfig.model_validate(graph_config or {})
+        self.graph_config = graph_config
+        self.target_names = list(target_names)
+        self.save_hyperparameters(
+            {
+                "target_names": self.target_names,
+                "graph_config": self.graph_config.model_dump(mode="json"),
+                "loss": loss,
+                "huber_delta": huber_delta,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "scheduler": scheduler,
+                "pct_start": pct_start,
+            }
+        )
+
+    def forward(self, batch: Any) -> Tensor:
+        """Predictions ``[B, P]`` in transformed units."""
+        return self.model(batch)
+
+    def step(self, batch: Any) -> dict[str, Tensor]:
+        """Loss and MAE of one batch, in transformed units, over labelled entries."""
+        prediction = self.model(batch)
+        target = self.transform(batch.y.to(prediction.dtype)).reshape(prediction.shape)
+        labelled = ~torch.isnan(target)
+        if not bool(labelled.any()):
+            zero = prediction.sum() * 0.0  # keeps the graph connected for backward
+            return {"loss": zero, "mae": zero.detach()}
+        prediction, target = prediction[labelled], target[labelled]
+        return {
+            "loss": self.loss_fn(prediction, target),
+            "mae": (prediction - target).abs().mean().detach(),
+        }
+
+    def _log_step(self, batch: Any, stage: str) -> Tensor:
+        metrics = self.step(batch)
+        self.log_dict(
+            {f"{stage}_{name}": value.detach() for name, value in metrics.items()},
+            batch_size=int(batch.num_graphs),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "test",
+        )
+        return metrics["loss"]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._log_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._log_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._log_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        lr, weight_decay = self.hparams["lr"], self.hparams["weight_decay"]
+        if self.param_groups is not None:
+            groups = self.param_groups(self.model, lr, weight_decay)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        if self.hparams["scheduler"] == "none":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            # Each group peaks at its own learning rate.
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=self.hparams["pct_start"],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["matxfer"] = checkpoint_payload(
+            self.model, self.transform, self.graph_config, self.target_names
+        )

@@ -1,0 +1,239 @@
+"""Files a training run leaves in its directory besides checkpoints.
+
+``metrics.json``, ``predictions_test.csv``, ``parity.png``,
+``learning_curve.png`` and ``MODEL_CARD.md``; plus the data hash that
+identifies the exact records a model was trained and tested on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch_geometric
+from matplotlib.figure import Figure
+
+from matxfer import __version__
+from matxfer.data.records import Record
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Pretty JSON, atomically; NaN written as ``NaN`` (Python's json default)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def data_hash(records: Sequence[Record]) -> str:
+    """sha256 over the records' ids, targets and structures, independent of record order.
+
+    Structures enter as lattice matrix and fractional coordinates (rounded to
+    1e-6) plus species, so the hash changes whenever any input to training does.
+    """
+    lines = []
+    for record in records:
+        structure = record.structure
+        content = {
+            "id": record.id,
+            "targets": {k: float(v) for k, v in sorted(record.targets.items())},
+            "lattice": np.round(structure.lattice.matrix, 6).tolist(),
+            "species": [str(site.species) for site in structure],
+            "frac": np.round(structure.frac_coords, 6).tolist(),
+        }
+        lines.append(json.dumps(content, sort_keys=True))
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def prediction_columns(target_names: Sequence[str]) -> list[tuple[str, str]]:
+    """(label column, prediction column) per target: ``target``/``prediction`` for one
+    target, ``<name>``/``<name>_prediction`` for several."""
+    if len(target_names) == 1:
+        return [("target", "prediction")]
+    return [(name, f"{name}_prediction") for name in target_names]
+
+
+def predictions_frame(
+    ids: Sequence[str],
+    predictions: np.ndarray,
+    target_names: Sequence[str],
+    labels: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per record: ``id``, then label (when given) and prediction per target.
+
+    Args:
+        ids: Record ids.
+        predictions: ``[N, P]`` in original units.
+        target_names: The P names.
+        labels: ``[N, P]`` labels in original units (NaN = missing), or ``None``.
+    """
+    frame = pd.DataFrame({"id": list(ids)})
+    for k, (label_col, pred_col) in enumerate(prediction_columns(target_names)):
+        if labels is not None:
+            frame[label_col] = labels[:, k]
+        frame[pred_col] = predictions[:, k]
+    return frame
+
+
+def plot_parity(
+    path: Path, labels: np.ndarray, predictions: np.ndarray, target_names: Sequence[str],
+    metrics: dict[str, dict[str, Any]], title: str = "test set",
+) -> None:
+    """Predicted vs true scatter, one panel per target, with R² and MAE in the legend."""
+    count = len(target_names)
+    # A bare Figure, not pyplot: no global backend switch, works without a display.
+    figure = Figure(figsize=(4.2 * count, 4.2))
+    axes = figure.subplots(1, count, squeeze=False)
+    for k, (name, axis) in enumerate(zip(target_names, axes[0], strict=True)):
+        labelled = ~np.isnan(labels[:, k])
+        true, pred = labels[labelled, k], predictions[labelled, k]
+        stats = metrics[name]["original"]
+        axis.scatter(true, pred, s=10, alpha=0.6,
+                     label=f"R² {stats['r2']:.3f}, MAE {stats['mae']:.4g}")
+        if len(true):
+            low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+            axis.plot([low, high], [low, high], color="grey", linewidth=1)
+        axis.set_xlabel(f"true {name}")
+        axis.set_ylabel(f"predicted {name}")
+        axis.set_title(f"{name} ({title}, n={int(labelled.sum())})")
+        axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def csv_log_files(log_dir: Path) -> list[Path]:
+    """A run's CSV logs, oldest first: one per interrupted session, then the current one."""
+    earlier = sorted(log_dir.glob("metrics.session-*.csv"),
+                     key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    current = log_dir / "metrics.csv"
+    return earlier + ([current] if current.is_file() else [])
+
+
+def keep_csv_log(log_dir: Path) -> None:
+    """Before resuming: rename ``metrics.csv``, which Lightning's CSVLogger deletes on start."""
+    current = log_dir / "metrics.csv"
+    if current.is_file():
+        current.rename(log_dir / f"metrics.session-{len(csv_log_files(log_dir)) - 1}.csv")
+
+
+def epoch_log(log_dir: Path) -> pd.DataFrame:
+    """Per-epoch rows of Lightning's CSV logs (train and val metrics merged).
+
+    Args:
+        log_dir: The CSV logger's directory (``RUN/logs/csv``).
+
+    An epoch logged twice (by a session killed after logging it and by the
+    resumed session) keeps its last entry.
+    """
+    frames = [pd.read_csv(path) for path in csv_log_files(log_dir)]
+    log = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if "epoch" not in log:
+        return pd.DataFrame()
+    per_epoch = log.drop(columns=["step"], errors="ignore").groupby("epoch").last()
+    return per_epoch.reset_index()
+
+
+def plot_learning_curve(path: Path, log: pd.DataFrame, best_epoch: int | None) -> None:
+    """Training and validation loss and validation MAE against epoch, best epoch marked."""
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    for column, label in [("train_loss", "train loss"), ("val_loss", "val loss"),
+                          ("val_mae", "val MAE")]:
+        if column in log:
+            rows = log.dropna(subset=[column])
+            axis.plot(rows["epoch"], rows[column], label=label)
+    if best_epoch is not None:
+        axis.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("transformed units")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that shapes a result."""
+    return {
+        "matxfer": __version__,
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "lightning": version("lightning"),
+        "python": platform.python_version(),
+    }
+
+
+def write_model_card(
+    path: Path, config_yaml: str, metrics: dict[str, Any], info: dict[str, Any]
+) -> None:
+    """A short Markdown summary of what was trained on what, and how well.
+
+    Args:
+        path: Destination (``RUN/MODEL_CARD.md``).
+        config_yaml: The resolved config as YAML.
+        metrics: The ``metrics.json`` content.
+        info: Data description: ``source``, ``test_source``, ``counts``, ``data_hash``.
+    """
+    rows = []
+    for split in ("train", "val", "test"):
+        for name, units in metrics.get(split, {}).items():
+            for unit, stats in units.items():
+                rows.append(
+                    f"| {split} | {name} | {unit} | {stats['n']} | {stats['r2']:.4f} "
+                    f"| {stats['mae']:.4g} | {stats['rmse']:.4g} |"
+                )
+    versions = "\n".join(f"- {k}: {v}" for k, v in software_versions().items())
+    counts = ", ".join(f"{k} {v}" for k, v in info.get("counts", {}).items())
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    text = f"""# Model card
+
+ALIGNN property model trained with matxfer ({date}).
+
+## Data
+
+- source: {info.get('source')}
+- test set: {info.get('test_source')}
+- records: {counts}
+- targets: {', '.join(metrics.get('targets', []))}
+- data hash (sha256 of ids, targets and structures): `{info.get('data_hash')}`
+
+## Training
+
+Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_trained')} (lowest validation MAE);
+its weights are `best.ckpt` and produced every number below.
+
+```yaml
+{config_yaml.rstrip()}
+```
+
+## Metrics
+
+"transformed" are the units the model was trained in (target transform
+`{metrics.get('target_transform')}`, fitted on the training split).
+
+| split | target | units | n | R² | MAE | RMSE |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Versions
+
+{versions}
+"""
+    write_text_atomic(path, text)

@@ -1,0 +1,334 @@
+"""``train``: records → graphs → Lightning fit → best checkpoint → evaluated run directory.
+
+A run directory holds ``best.ckpt`` (lowest validation MAE: the weights every
+reported number comes from), ``last.ckpt`` (written atomically every epoch,
+for ``resume``), ``config.yaml``, ``metrics.json``, ``predictions_test.csv``,
+``parity.png``, ``learning_curve.png``, ``MODEL_CARD.md`` and ``logs/``
+(CSV and TensorBoard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from matxfer.data.transforms import TargetTransform
+from matxfer.errors import ConfigError, MatxferError
+from matxfer.models import ALIGNN
+from matxfer.training.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    atomic_torch_save,
+    read_checkpoint,
+)
+from matxfer.training.config import TrainConfig, save_config
+from matxfer.training.datamodule import GraphDataModule
+from matxfer.training.inputs import Splits, labelled_graphs, prepare_splits
+from matxfer.training.module import ParamGroups, PropertyModule
+from matxfer.training.outputs import (
+    data_hash,
+    epoch_log,
+    keep_csv_log,
+    plot_learning_curve,
+    plot_parity,
+    predictions_frame,
+    write_json,
+    write_model_card,
+)
+from matxfer.training.predictor import labels_of, predict_graphs, split_metrics
+
+CONFIG_FILE = "config.yaml"
+CSV_LOG_DIR = "logs/csv"
+RUN_INFO_FILE = "run_info.json"
+#: Lightning messages that say nothing actionable in matxfer's setting.
+_QUIET = [
+    r".*does not have many workers.*",
+    r".*exists and is not empty.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O whose writes are atomic (temporary file + rename), so
+    ``kill -9`` while saving leaves the previous ``last.ckpt`` intact."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class EpochTimer(Callback):
+    """Logs ``epoch_seconds``: wall time of each training epoch, validation included."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("epoch_seconds", time.perf_counter() - self._start, on_epoch=True)
+
+
+class _DropLightningChatter(logging.Filter):
+    """Hide Lightning's advertisements and internal notes; keep device and stop messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("💡", "Loading `train_dataloader`"))
+
+
+def _quiet_lightning() -> None:
+    target = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningChatter) for f in target.filters):
+        target.addFilter(_DropLightningChatter())
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        run_dir: The run directory.
+        best_checkpoint: ``run_dir/best.ckpt``.
+        metrics: Content of ``metrics.json``.
+        config: The resolved config.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    metrics: dict[str, Any]
+    config: TrainConfig
+
+
+def use_all_cores() -> int:
+    """On CPU, let torch use every core this process may run on; returns the thread count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, cores or 1))
+    return torch.get_num_threads()
+
+
+def _check_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one that is missing or differently configured."""
+    last = out / LAST_CHECKPOINT
+    if resume:
+        if not last.is_file():
+            raise MatxferError(f"{out}: nothing to resume (no {LAST_CHECKPOINT}); drop --resume")
+        saved_path = out / CONFIG_FILE
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+        current = config.model_dump(mode="json")
+        if saved is not None and saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
+            raise ConfigError(
+                f"{out}: cannot resume with a different config (changed: {changed}); "
+                f"use the options of the interrupted run (see {saved_path}) or a new --out"
+            )
+        read_checkpoint(last)  # a clear error now rather than inside Lightning
+        for stale in out.glob(".*.tmp"):  # half-written files of the killed run
+            stale.unlink()
+    elif last.is_file() or (out / BEST_CHECKPOINT).is_file():
+        raise MatxferError(
+            f"{out} already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+
+
+def _check_same_data(out: Path, info: dict[str, Any], resume: bool) -> None:
+    path = out / RUN_INFO_FILE
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("data_hash") != info["data_hash"]:
+            raise MatxferError(
+                f"{out}: the data differ from those of the interrupted run "
+                "(data hash changed); resume with the same data and options"
+            )
+
+
+def build_model(config: TrainConfig, num_outputs: int) -> ALIGNN:
+    """The ALIGNN a config describes, initialised from the config's seed."""
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    return ALIGNN(num_outputs=num_outputs, **config.model.model_dump())
+
+
+def make_trainer(
+    out: Path, config: TrainConfig, progress: bool, callbacks: Sequence[Callback] = ()
+) -> pl.Trainer:
+    """Lightning trainer with atomic checkpoints of the best and the last epoch."""
+    _quiet_lightning()
+    best = ModelCheckpoint(
+        dirpath=out, filename="best", monitor="val_mae", mode="min", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    # A separate unmonitored callback: ModelCheckpoint(save_last=True) skips last.ckpt in
+    # epochs that do not improve the monitored metric (Lightning 2.6), breaking resume.
+    last = ModelCheckpoint(
+        dirpath=out, filename="last", monitor=None, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    stoppers = []
+    if config.early_stopping_patience is not None:
+        stoppers.append(
+            EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
+        )
+    return pl.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=1,
+        deterministic="warn",
+        callbacks=[best, last, EpochTimer(), *stoppers, *callbacks],
+        logger=[
+            # Flushed every epoch so a killed run keeps its log up to its last checkpoint.
+            CSVLogger(out / "logs", name="csv", version="", flush_logs_every_n_steps=1),
+            TensorBoardLogger(
+                out / "logs", name="tensorboard", version="", default_hp_metric=False
+            ),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+
+
+def _write_outputs(
+    out: Path, module: PropertyModule, splits: Splits, graphs: dict[str, list], config: TrainConfig,
+    info: dict[str, Any], best_epoch: int | None, epochs_trained: int,
+) -> dict[str, Any]:
+    """Evaluate the best weights on every split and write metrics, predictions and plots."""
+    names, transform = splits.target_names, module.transform
+    metrics: dict[str, Any] = {
+        "targets": names, "target_transform": transform.kind,
+        "best_epoch": best_epoch, "epochs_trained": epochs_trained,
+    }
+    outputs: dict[str, Any] = {}
+    for split, records in splits.parts().items():
+        if not records:
+            continue
+        raw = predict_graphs(module.model, graphs[split], batch_size=config.batch_size * 4)
+        predictions = transform.inverse(raw.reshape(len(records), -1))
+        labels = labels_of(records, names)
+        outputs[split] = (labels, predictions)
+        metrics[split] = split_metrics(labels, predictions, transform, names)
+    write_json(out / "metrics.json", metrics)
+    if "test" in outputs:
+        labels, predictions = outputs["test"]
+        frame = predictions_frame([r.id for r in splits.test], predictions, names, labels)
+        frame.to_csv(out / "predictions_test.csv", index=False)
+        plot_parity(out / "parity.png", labels, predictions, names, metrics["test"])
+    plot_learning_curve(out / "learning_curve.png", epoch_log(out / CSV_LOG_DIR), best_epoch)
+    write_model_card(out / "MODEL_CARD.md", (out / CONFIG_FILE).read_text(), metrics, info)
+    return metrics
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    test: str | Path | None = None,
+    config: TrainConfig | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    trial: int | None = None,
+    size: int | None = None,
+    target_key: str | None = None,
+    format: str | None = None,
+    skip_invalid: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+    model: nn.Module | None = None,
+    param_groups: ParamGroups | None = None,
+) -> TrainResult:
+    """Train an ALIGNN model and leave an evaluated run directory.
+
+    Args:
+        data: Dataset file/directory, or a named dataset (``ph``) under ``data_dir``.
+        out: Run directory (created).
+        test: Test dataset; default: the named dataset's fixed test set, else a
+            seeded ``config.test_fraction`` of ``data``.
+        config: Resolved config (default: the ``paper`` profile).
+        data_dir: Where named datasets live.
+        trial: The study's trial (named datasets, with ``size``).
+        size: Training + validation records to use.
+        target_key: Which target the records carry.
+        format: File format, when the suffix does not tell.
+        skip_invalid: Skip invalid records instead of failing.
+        resume: Continue the interrupted run in ``out`` from ``last.ckpt``.
+        progress: Progress bars (default: when stderr is a terminal).
+        callbacks: Extra Lightning callbacks.
+        model: A prepared model (e.g. pre-trained, head replaced, layers frozen)
+            to train instead of a new one built from ``config.model``; it must
+            expect graphs built with ``config.graph``. Its ``config_dict()`` is
+            what the checkpoints store.
+        param_groups: Optimizer parameter groups with their own learning rates
+            (see :class:`~matxfer.training.module.PropertyModule`).
+
+    Raises:
+        MatxferError: Bad data or options, an existing run without ``resume``,
+            or a resume with different config or data.
+    """
+    config = config or TrainConfig(profile="paper")
+    out = Path(out)
+    progress = sys.stderr.isatty() if progress is None else progress
+    _check_run_dir(out, config, resume)
+    if not torch.cuda.is_available():
+        use_all_cores()
+    splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
+                            skip_invalid)
+    info = {
+        "source": splits.source, "test_source": splits.test_source, "counts": splits.counts,
+        "skipped": splits.skipped,
+        "data_hash": data_hash(splits.train + splits.val + splits.test),
+        "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
+    }
+    _check_same_data(out, info, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / CONFIG_FILE)
+    write_json(out / RUN_INFO_FILE, info)
+    if resume:
+        keep_csv_log(out / CSV_LOG_DIR)
+
+    graphs = {
+        split: labelled_graphs(records, splits.target_names, config.graph, progress)
+        for split, records in splits.parts().items()
+    }
+    transform = TargetTransform(config.target_transform, len(splits.target_names))
+    transform.fit(labels_of(splits.train, splits.target_names))
+    if model is None:
+        model = build_model(config, len(splits.target_names))
+    else:
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+    module = PropertyModule(
+        model, transform, splits.target_names, config.graph, loss=config.loss,
+        huber_delta=config.huber_delta, lr=config.lr, weight_decay=config.weight_decay,
+        scheduler=config.scheduler, pct_start=config.pct_start, param_groups=param_groups,
+    )
+    datamodule = GraphDataModule(graphs["train"], graphs["val"], graphs["test"],
+                                 config.batch_size, config.seed, config.num_workers)
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer = make_trainer(out, config, progress, callbacks)
+        trainer.fit(module, datamodule=datamodule,
+                    ckpt_path=out / LAST_CHECKPOINT if resume else None)
+        best = read_checkpoint(out / BEST_CHECKPOINT)
+        module.load_state_dict(best["state_dict"], strict=True)
+        if graphs["test"]:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = _write_outputs(out, module, splits, graphs, config, info, best.get("epoch"),
+                             trainer.current_epoch)
+    return TrainResult(out, out / BEST_CHECKPOINT, metrics, config)

@@ -1,0 +1,88 @@
+"""``matxfer data check``: summary and exit 0 for valid data, problem lines and exit 2 otherwise."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+from typer.testing import CliRunner
+
+from matxfer.cli import app
+
+NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def write_records(path: Path, targets: list[float]) -> Path:
+    atoms = {
+        "lattice_mat": NACL.lattice.matrix.tolist(),
+        "coords": NACL.frac_coords.tolist(),
+        "elements": ["Na", "Cl"],
+        "cartesian": False,
+    }
+    path.write_text(
+        json.dumps([{"jid": i, "target": t, "atoms": atoms} for i, t in enumerate(targets)])
+    )
+    return path
+
+
+def test_valid_file_prints_summary(tmp_path: Path) -> None:
+    path = write_records(tmp_path / "ok.json", [1.0, 2.0, 4.5])
+    result = CliRunner().invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "records" in result.output and "3" in result.output
+    assert "2: Na, Cl" in result.output
+    assert "min 1, mean 2.5, max 4.5" in result.output
+    assert "OK" in result.output
+
+
+def test_invalid_file_lists_problems(tmp_path: Path) -> None:
+    path = write_records(tmp_path / "bad.json", [1.0, math.nan, 2.0])
+    result = CliRunner().invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: record 1 (id 1): target 'target' is NaN" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_skip_invalid_reports_skipped(tmp_path: Path) -> None:
+    path = write_records(tmp_path / "bad.json", [1.0, math.nan, 2.0])
+    result = CliRunner().invoke(app, ["data", "check", str(path), "--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 invalid records" in result.output
+    assert "record 1 (id 1)" in result.output
+
+
+def test_named_dataset_from_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "dc").mkdir()
+    write_records(tmp_path / "dc" / "pool.json", [1.0, 2.0])
+    (tmp_path / "dc" / "pool.json").rename(tmp_path / "dc" / "pool.json.gz")  # plain JSON, sniffed
+    result = CliRunner().invoke(app, ["data", "check", "dielectric", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "pool.json.gz" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x1f\x8b\x08\x00garbage", "broken.json.gz: compressed"),
+        (b"[{]", "invalid JSON at line 1"),
+    ],
+)
+def test_console_script_never_shows_a_traceback(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "broken.json.gz"
+    path.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "matxfer.cli", "data", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

@@ -1,0 +1,30 @@
+"""README's set-up commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
+
+
+def test_readme_starts_with_two_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 2
+    main_job, tests = commands[0], commands[1]
+    # Never a bare `pip install torch`: that pulls a multi-GB CUDA build.
+    for command in (main_job, tests):
+        assert command.startswith("pip install torch==2.13.0 && ")
+    assert "matxfer " in main_job
+    assert "pytest" in tests
+
+
+def test_ci_runs_readme_test_command() -> None:
+    tests = _readme_commands()[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ci.strip().splitlines()[-1] == tests

@@ -1,0 +1,104 @@
+"""The command line (subprocesses, as a user runs it) and resuming after kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from matxfer.cli import main
+from matxfer.training import TrainResult, load_model
+from matxfer.training.outputs import epoch_log
+
+ROOT = Path(__file__).resolve().parents[2]
+
+KILLED_RUN = """
+import os, signal, sys
+import lightning.pytorch as pl
+from matxfer.training import load_config, train
+
+class KillAtEpochStart(pl.Callback):
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(sys.argv[1], sys.argv[2], config=load_config(sys.argv[3]), progress=False,
+      callbacks=[KillAtEpochStart()])
+"""
+
+
+def matxfer(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "matxfer.cli", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_resume_after_kill_reaches_the_uninterrupted_result(
+    trained_run: TrainResult, tiny_data: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tiny_data), str(out), str(tiny_config_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_model(out / "last.ckpt").epoch == 1
+    assert not (out / "metrics.json").exists()
+    resumed = matxfer("train", tiny_data, "--out", out, "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "metrics.json").read_text()) == trained_run.metrics
+    logged = epoch_log(out / "logs/csv").dropna(subset=["val_mae"])
+    assert logged["epoch"].tolist() == [0, 1, 2]  # the log survived the kill
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> int:
+    """``matxfer ARGS`` in this process (saves a slow interpreter start); the exit code."""
+    monkeypatch.setattr(sys, "argv", ["matxfer", *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return int(stop.value.code or 0)
+
+
+def test_cli_evaluate_and_predict(trained_run: TrainResult, tiny_data: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(monkeypatch, "evaluate", trained_run.run_dir, tiny_data,
+                    "--out", tmp_path / "e.json") == 0
+    assert "R²" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 36
+    assert run_main(monkeypatch, "predict", trained_run.best_checkpoint, tiny_data,
+                    "--out", tmp_path / "p.csv") == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 36
+
+
+def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path,
+                                                         tmp_path: Path) -> None:
+    result = matxfer("train", tmp_path / "missing.json", "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "missing.json" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, c, t: ["train", d, "--out", t / "r", "--config", c, "--lr", "-1"], "lr=-1"),
+        (lambda d, c, t: ["train", d, "--out", t / "r", "--profile", "turbo"], "'turbo'"),
+        (lambda d, c, t: ["train", d, "--out", t / "r", "--resume"], "nothing to resume"),
+        (lambda d, c, t: ["evaluate", t / "no_run", d], "no such run directory"),
+        (lambda d, c, t: ["predict", t, d, "--out", t / "p.csv"], "holds no best.ckpt"),
+    ],
+)
+def test_cli_errors_name_the_problem(
+    make_args, message: str, tiny_data: Path, tiny_config_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_main(monkeypatch, *make_args(tiny_data, tiny_config_file, tmp_path)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and message in error
