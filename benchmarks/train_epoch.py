@@ -7,7 +7,10 @@ graph and full line graph; the reference's own pure-PyTorch collate,
 optimiser (AdamW, one-cycle) and L1 loss, at the paper's width and depth
 (4 ALIGNN + 4 GCN layers, hidden 256) unless told otherwise. The reference
 model is ``ALIGNNAtomWisePure`` (``alignn_atomwise_pure``) configured for
-property regression (no force gradients, CGCNN atom features).
+property regression (no force gradients, CGCNN atom features). Both run in
+the same plain training loop (collate, forward, L1 loss, backward, AdamW and
+one-cycle steps), without Lightning, so the numbers compare the models and
+their batching, nothing else.
 
 Each side runs in its own subprocess, one after the other, so peak resident
 memory (``ru_maxrss``) is its own. Also reported: matmul FLOPs of one matxfer

@@ -7,6 +7,7 @@ error line (plus its listed problems) and a non-zero exit; no traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -185,6 +186,165 @@ def predict(
 
     frame = run_prediction(run, data, out, format, target_key, skip_invalid)
     console.print(f"{len(frame)} predictions written to {out}")
+
+
+# ---------------------------------------------------------------- multi-property pre-training
+
+
+@app.command("pretrain-multi")
+def pretrain_multi(
+    datasets: Annotated[list[str], typer.Argument(
+        help="NAME=DATA (file, folder or named dataset) or a bare named dataset (fe ph ...).",
+        metavar="NAME[=DATA]", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Leave this property out (leave-one-out); repeatable.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
+    size: Annotated[int | None, typer.Option(help="Records drawn per property.")] = None,
+    sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
+    exclude_test_structures: Annotated[bool, typer.Option(
+        help="Drop pre-training crystals found in any property's test set.")] = False,
+    profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of sampling, splits, init.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[str, typer.Option(
+        help="masked_l1 (the study's MPT loss), l1, mse or huber; wins over --config.")]
+    = "masked_l1",
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bars (default: tty).")] = None,
+) -> None:
+    """Pre-train one model on several property datasets merged by crystal (MPT).
+
+    Example: matxfer pretrain-multi fe bg gv ph dc pz ebg --exclude ph --data-dir DIR --out RUN
+    """
+    from matxfer.training import config_for_run
+    from matxfer.transfer.multitask import PretrainData, merge_tables, parse_dataset_args
+    from matxfer.transfer.multitask import pretrain_multi as run_pretraining
+
+    def show_merge(data: PretrainData) -> None:
+        for item in merge_tables(data):
+            console.print(item)
+
+    named = parse_dataset_args(datasets)
+    flags = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "sampling": sampling, "loss": loss}
+    resolved = config_for_run(config, profile, flags, out, resume)
+    result = run_pretraining(
+        named, out, exclude or (), resolved, data_dir=data_dir, size=size,
+        exclude_test_structures=exclude_test_structures, progress=progress, resume=resume,
+        on_merged=show_merge,
+    )
+    _print_metrics(result.metrics, ("test",))
+    console.print(f"best epoch {result.metrics['best_epoch']}; run saved in {result.run_dir}")
+
+
+# ---------------------------------------------------------------- fine-tuning / demo
+
+
+@app.command()
+def finetune(
+    data: Annotated[str, typer.Argument(help="Fine-tuning dataset file/folder, or a named "
+                                        "dataset (ph, ...).")],
+    pretrained: Annotated[Path, typer.Option("--from", help="Pre-training run directory or "
+                                             "checkpoint file.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
+    strategy: Annotated[str, typer.Option(help="all, last, head, two_body_only, "
+                                          "three_body_only, freeze_embedding, "
+                                          "freeze:GROUPS or train:GROUPS.")] = "all",
+    head: Annotated[str, typer.Option(help="reuse (keep the pre-trained output layer), new "
+                                      "(fresh head) or deeper (fresh, more layers).")] = "reuse",
+    head_output: Annotated[str | None, typer.Option(
+        help="With --head reuse: the pre-trained output(s) to keep, comma-separated "
+        "(multi-property models).")] = None,
+    lr_groups: Annotated[str | None, typer.Option(
+        help="Learning-rate factors per layer group, e.g. embedding=0.1,head=10.")] = None,
+    pretrain_data: Annotated[str | None, typer.Option(
+        help="The pre-training dataset, for the leakage audit (default: read from the "
+        "pre-training run).")] = None,
+    exclude_test_structures: Annotated[bool, typer.Option(
+        help="Repeat the pre-training without the crystals of the fine-tuning test set "
+        "(into OUT/pretrain_excluding_test), then fine-tune from it.")] = False,
+    audit: Annotated[bool, typer.Option(help="Count fine-tuning crystals present in the "
+                                        "pre-training data.")] = True,
+    test: Annotated[Path | None, typer.Option(help="Test dataset (default: a named dataset's "
+                                              "fixed test set, else 10% of DATA).")] = None,
+    profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of splits, head init, shuffling.")]
+    = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
+    trial: Annotated[int | None, typer.Option(help="The study's trial (with --size).")] = None,
+    size: Annotated[int | None, typer.Option(help="Training + validation records.")] = None,
+    target_key: Annotated[str | None, typer.Option(help="Field holding the target.")] = None,
+    format: Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip invalid records.")] = False,
+    val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
+    sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bars (default: tty).")] = None,
+) -> None:
+    """Fine-tune a pre-trained model on DATA; writes a run directory plus transfer.json.
+
+    Example: matxfer finetune ph --data-dir DIR --trial 1 --size 100 --from runs/fe --out runs/ft
+    """
+    from matxfer.training import config_for_run
+    from matxfer.transfer.finetune import TRANSFER_FILE
+    from matxfer.transfer.finetune import finetune as run_finetuning
+    from matxfer.transfer.freeze import parse_freeze, parse_lr_multipliers
+
+    spec = parse_freeze(strategy)  # bad options fail before any data is read
+    multipliers = parse_lr_multipliers(lr_groups or "")
+    flags = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "val_fraction": val_fraction, "sampling": sampling}
+    resolved = config_for_run(config, profile, flags, out, resume)
+    outputs = [name.strip() for name in head_output.split(",")] if head_output else None
+    result = run_finetuning(
+        data, pretrained, out, spec, head, multipliers, test=test, config=resolved,  # type: ignore[arg-type]
+        head_outputs=outputs, pretrain_data=pretrain_data,
+        exclude_test_structures=exclude_test_structures, audit=audit, data_dir=data_dir,
+        trial=trial, size=size, target_key=target_key, format=format,
+        skip_invalid=skip_invalid, resume=resume, progress=progress,
+    )
+    _print_metrics(result.metrics, ("train", "val", "test"))
+    record = json.loads((result.run_dir / TRANSFER_FILE).read_text())
+    leakage = record["leakage"]
+    console.print("leakage audit: " + (leakage["summary"] if leakage["audited"]
+                                       else f"not run ({leakage['reason']})"), highlight=False)
+    console.print(f"strategy {record['strategy']}, head {record['head']}; best epoch "
+                  f"{result.metrics['best_epoch']}; run saved in {result.run_dir}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder of the demo's runs and results "
+                                      "(reruns skip finished steps).")] = Path("matxfer-demo"),
+    sizes: Annotated[str, typer.Option(help="Fine-tuning sizes (trial-1 subsets of the "
+                                       "phonon pool), comma-separated.")] = "100,800",
+    quick: Annotated[bool, typer.Option(help="A tiny model and few epochs: a smoke test of "
+                                        "the pipeline in about a minute.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bars (default: tty).")] = None,
+) -> None:
+    """Pre-train on formation energies, fine-tune on phonons, compare with scratch (offline).
+
+    Uses the datasets shipped with matxfer (demo-fe, demo-ph); about 10 minutes on two
+    CPU cores. Prints a comparison table and writes DIR/demo_results.csv/json and
+    DIR/demo_summary.png.
+    """
+    from matxfer.transfer.demo import parse_sizes, results_table, run_demo
+
+    result = run_demo(out, parse_sizes(sizes), quick=quick, progress=progress,
+                      echo=lambda line: console.print(line, highlight=False))
+    console.print(results_table(result))
+    console.print(f"results: {result.csv}, {result.json}, {result.plot}")
 
 
 def main() -> None:

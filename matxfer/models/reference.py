@@ -105,6 +105,9 @@ def reference_model_config(config: str | Path | Mapping[str, Any]) -> dict[str, 
         ConfigError: for an unsupported model name or option.
     """
     data, source = _read_json(config)
+    features = data.get("atom_features", "cgcnn")
+    if features != "cgcnn":
+        raise ConfigError(f"{source}: atom_features={features!r} is not supported (needs 'cgcnn')")
     model = data.get("model", data)
     if not isinstance(model, Mapping) or "name" not in model:
         raise ConfigError(f"{source}: no model settings with a 'name' (expected key 'model')")

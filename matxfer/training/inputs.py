@@ -69,6 +69,7 @@ class Splits:
         source: Description of the training data.
         test_source: Description of the test data.
         skipped: Number of invalid records skipped while reading.
+        counts: Records per part.
     """
 
     train: list[Record]
@@ -78,7 +79,7 @@ class Splits:
     source: str
     test_source: str
     skipped: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.counts = {split: len(records) for split, records in self.parts().items()}
@@ -88,6 +89,10 @@ class Splits:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+def _part(dataset: Dataset) -> tuple[list[Record], str, int]:
+    return list(dataset.records), str(dataset.source), len(dataset.skipped)
+
+
 def read_records(
     data: str | Path,
     format: str | None = None,
@@ -95,8 +100,8 @@ def read_records(
     skip_invalid: bool = False,
 ) -> tuple[list[Record], str, int]:
     """Read a dataset file or directory: (records, source, number skipped)."""
-    dataset = read_dataset(data, format=format, target_key=target_key, skip_invalid=skip_invalid)
-    return list(dataset.records), str(dataset.source), len(dataset.skipped)
+    return _part(read_dataset(data, format=format, target_key=target_key,
+                              skip_invalid=skip_invalid))
 
 
 def _named_dataset(
@@ -109,10 +114,6 @@ def _named_dataset(
     if not path.exists() and is_named(str(data)):
         return resolve_named(str(data), data_dir=data_dir, skip_invalid=skip_invalid)
     return None
-
-
-def _part(dataset: Dataset) -> tuple[list[Record], str, int]:
-    return list(dataset.records), str(dataset.source), len(dataset.skipped)
 
 
 def prepare_splits(

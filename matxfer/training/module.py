@@ -3,7 +3,9 @@
 The model predicts in transformed (normalised) units; the loss is computed
 there. Labels arrive in original units on ``batch.y`` and are transformed
 in :meth:`PropertyModule.step`; missing labels (NaN) are masked out, so
-multi-property batches with partial labels train correctly.
+multi-property batches with partial labels train correctly. The
+``masked_l1`` loss (multi-property pre-training) sees the whole ``[B, P]``
+batch and divides by the batch size, as in the study.
 """
 
 from __future__ import annotations
@@ -20,17 +22,26 @@ from matxfer.data.transforms import TargetTransform
 from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
 from matxfer.training.checkpoint import checkpoint_payload
+from matxfer.transfer.losses import masked_l1
 
 LossFunction = Callable[[Tensor, Tensor], Tensor]
 #: (model, lr, weight_decay) → optimizer parameter groups (dicts with ``params`` and ``lr``).
 ParamGroups = Callable[[nn.Module, float, float], list[dict[str, Any]]]
+#: Losses given the full ``[B, P]`` prediction and target with NaN for missing labels
+#: (they mask themselves); the others get only the labelled entries.
+SELF_MASKING_LOSSES = frozenset({"masked_l1"})
 
 
 def resolve_loss(name: str, huber_delta: float = 1.0) -> LossFunction:
-    """The loss function called ``name`` (mean over labelled entries).
+    """The loss function called ``name``.
+
+    ``mse``, ``l1`` and ``huber`` average over the labelled entries they are
+    given; ``masked_l1`` (:func:`matxfer.transfer.losses.masked_l1`, the
+    study's multi-property loss) takes ``[B, P]`` with NaN for missing labels
+    and divides the summed absolute error by the batch size B.
 
     Args:
-        name: ``mse`` (the study), ``l1`` or ``huber`` (case-insensitive).
+        name: ``mse`` (the study), ``l1``, ``huber`` or ``masked_l1`` (case-insensitive).
         huber_delta: Threshold between the quadratic and linear parts of ``huber``.
 
     Raises:
@@ -40,6 +51,7 @@ def resolve_loss(name: str, huber_delta: float = 1.0) -> LossFunction:
         "mse": F.mse_loss,
         "l1": F.l1_loss,
         "huber": lambda pred, target: F.huber_loss(pred, target, delta=huber_delta),
+        "masked_l1": masked_l1,
     }
     try:
         return losses[name.lower()]
@@ -56,7 +68,7 @@ class PropertyModule(pl.LightningModule):
         transform: Fitted target transform (original → transformed units).
         target_names: Names of the P targets.
         graph_config: Graph construction of the inputs (stored in checkpoints).
-        loss: ``mse``, ``l1`` or ``huber`` (default: ``"mse"``).
+        loss: ``mse``, ``l1``, ``huber`` or ``masked_l1`` (default: ``"mse"``).
         huber_delta: Huber threshold (default: ``1.0``).
         lr: Peak learning rate (default: ``1e-3``).
         weight_decay: AdamW weight decay (default: ``1e-5``).
@@ -91,6 +103,7 @@ class PropertyModule(pl.LightningModule):
         self.transform = transform
         self.param_groups = param_groups
         self.loss_fn = resolve_loss(loss, huber_delta)
+        self.loss_sees_missing = loss.lower() in SELF_MASKING_LOSSES
         if not isinstance(graph_config, GraphConfig):
             graph_config = GraphConfig.model_validate(graph_config or {})
         self.graph_config = graph_config
@@ -120,11 +133,12 @@ class PropertyModule(pl.LightningModule):
         if not bool(labelled.any()):
             zero = prediction.sum() * 0.0  # keeps the graph connected for backward
             return {"loss": zero, "mae": zero.detach()}
-        prediction, target = prediction[labelled], target[labelled]
-        return {
-            "loss": self.loss_fn(prediction, target),
-            "mae": (prediction - target).abs().mean().detach(),
-        }
+        if self.loss_sees_missing:
+            loss = self.loss_fn(prediction, target)
+        else:
+            loss = self.loss_fn(prediction[labelled], target[labelled])
+        mae = (prediction[labelled] - target[labelled]).abs().mean()
+        return {"loss": loss, "mae": mae.detach()}
 
     def _log_step(self, batch: Any, stage: str) -> Tensor:
         metrics = self.step(batch)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch_geometric
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from matxfer import __version__
 from matxfer.data.records import Record
@@ -154,15 +155,16 @@ def plot_learning_curve(path: Path, log: pd.DataFrame, best_epoch: int | None) -
     """Training and validation loss and validation MAE against epoch, best epoch marked."""
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
-    for column, label in [("train_loss", "train loss"), ("val_loss", "val loss"),
-                          ("val_mae", "val MAE")]:
+    for column, label, style in [("train_loss", "train loss", "-"),
+                                 ("val_loss", "val loss", "-"), ("val_mae", "val MAE", "--")]:
         if column in log:
             rows = log.dropna(subset=[column])
-            axis.plot(rows["epoch"], rows[column], label=label)
+            axis.plot(rows["epoch"], rows[column], style, label=label)
     if best_epoch is not None:
         axis.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
     axis.set_yscale("log")
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("transformed units")
     axis.legend()
     figure.tight_layout()

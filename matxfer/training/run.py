@@ -158,6 +158,23 @@ def _check_same_data(out: Path, info: dict[str, Any], resume: bool) -> None:
             )
 
 
+def _data_spec(
+    data: str | Path, test: str | Path | None, data_dir: str | Path | None, trial: int | None,
+    size: int | None, target_key: str | None, format: str | None, skip_invalid: bool,
+) -> dict[str, Any]:
+    """The data options of a run, paths made absolute, to re-resolve its records later."""
+
+    def portable(path: str | Path | None) -> str | None:
+        if path is None:
+            return None
+        full = Path(path).expanduser()
+        return str(full.resolve()) if full.exists() else str(path)  # a name, e.g. "fe"
+
+    return {"data": portable(data), "test": portable(test), "data_dir": portable(data_dir),
+            "trial": trial, "size": size, "target_key": target_key, "format": format,
+            "skip_invalid": skip_invalid}
+
+
 def build_model(config: TrainConfig, num_outputs: int) -> ALIGNN:
     """The ALIGNN a config describes, initialised from the config's seed."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -236,7 +253,7 @@ def _write_outputs(
 
 
 def train(
-    data: str | Path,
+    data: str | Path | Splits,
     out: str | Path,
     test: str | Path | None = None,
     config: TrainConfig | None = None,
@@ -256,7 +273,10 @@ def train(
     """Train an ALIGNN model and leave an evaluated run directory.
 
     Args:
-        data: Dataset file/directory, or a named dataset (``ph``) under ``data_dir``.
+        data: Dataset file/directory, a named dataset (``ph``) under ``data_dir``,
+            or prepared :class:`~matxfer.training.inputs.Splits` (e.g. merged
+            multi-property records), used as they are: the data options
+            (``test`` to ``skip_invalid``) are then ignored.
         out: Run directory (created).
         test: Test dataset; default: the named dataset's fixed test set, else a
             seeded ``config.test_fraction`` of ``data``.
@@ -287,13 +307,19 @@ def train(
     _check_run_dir(out, config, resume)
     if not torch.cuda.is_available():
         use_all_cores()
-    splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
-                            skip_invalid)
+    if isinstance(data, Splits):
+        splits = data
+    else:
+        splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
+                                skip_invalid)
     info = {
         "source": splits.source, "test_source": splits.test_source, "counts": splits.counts,
         "skipped": splits.skipped,
         "data_hash": data_hash(splits.train + splits.val + splits.test),
         "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
+        # Lets fine-tuning re-resolve the records this run trained on (leakage audit).
+        "data_spec": None if isinstance(data, Splits) else _data_spec(
+            data, test, data_dir, trial, size, target_key, format, skip_invalid),
     }
     _check_same_data(out, info, resume)
     out.mkdir(parents=True, exist_ok=True)

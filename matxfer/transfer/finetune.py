@@ -1,26 +1,72 @@
-"""Turn a pre-trained checkpoint into a model ready for fine-tuning (draft).
+"""Fine-tuning: a pre-trained checkpoint, a head choice and a freezing strategy, then training.
 
 Fine-tuning = pre-trained weights + a head choice (:mod:`~matxfer.transfer.heads`)
-+ a freezing strategy (:mod:`~matxfer.transfer.freeze`). The training loop
-itself is :mod:`matxfer.training`'s; this module only prepares the model and
-tells the loop which graph settings the pre-trained layers expect.
++ a freezing strategy (:mod:`~matxfer.transfer.freeze`). The training loop is
+:func:`matxfer.training.train`'s; this module prepares the model, fixes the
+config to what the pre-trained layers expect, audits leakage and records all
+of it in ``RUN/transfer.json``.
 
-The target transform of the pre-trained model is *not* carried over: the
-fine-tuning property has its own scale, so the caller fits a new transform on
-the fine-tuning training split.
+* **Architecture and graphs** come from the checkpoint: the model is rebuilt
+  from its stored constructor arguments and the fine-tuning graphs are built
+  with its graph config (the embeddings learned those cutoffs and neighbour
+  counts). ``config.model`` is overwritten with the pre-trained architecture
+  (after the head change), so ``config.yaml`` describes the model trained.
+* **Target transform** is not carried over: the fine-tuning property has its
+  own scale, so a new transform is fitted on the fine-tuning training split.
+* **Frozen layers** stay bit-identical, BatchNorm running statistics
+  included: they get no gradient, are not in the optimizer (no weight decay)
+  and their normalisation layers run in eval mode (see
+  :func:`~matxfer.transfer.freeze.apply_freeze`).
+* **Leakage audit**: how many fine-tuning test and training crystals occur in
+  the pre-training records (:mod:`~matxfer.transfer.pretrained`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from matxfer.data.records import Record
+from matxfer.errors import ConfigError, MatxferError
 from matxfer.graphs.config import GraphConfig
-from matxfer.training.checkpoint import LoadedModel, load_model
-from matxfer.transfer.freeze import FreezeSpec, FreezeSummary, apply_freeze, parse_freeze
-from matxfer.transfer.heads import HeadMode, prepare_head
+from matxfer.models.mlp import MLPHead
+from matxfer.training.checkpoint import LoadedModel, load_model, resolve_checkpoint
+from matxfer.training.config import ModelSettings, TrainConfig
+from matxfer.training.inputs import Splits, prepare_splits
+from matxfer.training.outputs import write_json
+from matxfer.transfer.freeze import (
+    FreezeSpec,
+    FreezeSummary,
+    apply_freeze,
+    param_groups,
+    parse_freeze,
+    parse_lr_multipliers,
+)
+from matxfer.transfer.heads import HEAD_MODES, HeadMode, prepare_head
+from matxfer.transfer.leakage import LeakageReport, audit_leakage
+from matxfer.transfer.pretrained import (
+    PretrainingData,
+    checkpoint_sha256,
+    pretrain_excluding,
+    pretraining_records,
+)
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+
+    from matxfer.training.run import TrainResult
+
+#: Written into the fine-tuning run directory.
+TRANSFER_FILE = "transfer.json"
+#: Sub-directory of the fine-tuning run holding a pre-training repeated without
+#: the fine-tuning test crystals (``exclude_test_structures``).
+EXCLUDED_PRETRAINING_DIR = "pretrain_excluding_test"
 
 
 @dataclass
@@ -42,6 +88,37 @@ class FineTuneModel:
     pretrained: LoadedModel
 
 
+def select_outputs(head: MLPHead, columns: Sequence[int]) -> MLPHead:
+    """A copy of ``head`` predicting only ``columns`` of its outputs (weights kept).
+
+    Used to reuse one property's output of a multi-property (MPT) head.
+    """
+    selected = MLPHead(head.in_features, len(columns), head.hidden_layers,
+                       head.hidden_features, head.norm_kind)
+    state = head.state_dict()
+    for name in ("out.weight", "out.bias"):
+        state[name] = state[name][list(columns)].clone()
+    selected.load_state_dict(state, strict=True)
+    return selected.to(next(head.parameters()).device)
+
+
+def _reuse_outputs(loaded: LoadedModel, names: Sequence[str], num_outputs: int) -> None:
+    """Cut the pre-trained head down to the outputs ``names`` (head mode ``reuse``)."""
+    known = loaded.target_names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"head output(s) {unknown} not among the pre-trained outputs {known}")
+    if len(names) != num_outputs:
+        raise ConfigError(
+            f"{len(names)} head output(s) {list(names)} chosen for {num_outputs} "
+            "fine-tuning target(s); choose one per target"
+        )
+    head = loaded.model.head
+    if not isinstance(head, MLPHead):
+        raise MatxferError(f"model.head must be an MLPHead, got {type(head).__name__}")
+    loaded.model.head = select_outputs(head, [known.index(n) for n in names])
+
+
 def load_for_finetuning(
     checkpoint: str | Path,
     num_outputs: int,
@@ -49,6 +126,7 @@ def load_for_finetuning(
     head: HeadMode = "reuse",
     extra_layers: int = 2,
     seed: int | None = None,
+    head_outputs: Sequence[str] | None = None,
 ) -> FineTuneModel:
     """Load a pre-trained checkpoint, set its head, and freeze layer groups.
 
@@ -63,6 +141,9 @@ def load_for_finetuning(
             pre-trained output layer), ``"new"`` or ``"deeper"``.
         extra_layers: Hidden blocks added by ``head="deeper"``.
         seed: Seed of a fresh head's weights.
+        head_outputs: With ``head="reuse"``: the pre-trained outputs (by
+            target name) to keep, one per fine-tuning target, e.g. ``["ph"]``
+            of a multi-property model.
 
     Raises:
         MatxferError: Unreadable checkpoint, or a model the strategy cannot
@@ -71,8 +152,225 @@ def load_for_finetuning(
             different number of outputs).
     """
     spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
+    if head not in HEAD_MODES:
+        raise ConfigError(f"unknown head mode {head!r}; choose one of {list(HEAD_MODES)}")
     loaded = load_model(checkpoint)
+    if head_outputs:
+        if head != "reuse":
+            raise ConfigError(f"head outputs {list(head_outputs)} apply to head 'reuse' only")
+        _reuse_outputs(loaded, head_outputs, num_outputs)
+    elif head == "reuse" and len(loaded.target_names) != num_outputs:
+        raise ConfigError(
+            f"cannot reuse the pre-trained head: it predicts {len(loaded.target_names)} "
+            f"properties {loaded.target_names}, the fine-tuning data has {num_outputs}; use "
+            "head 'new' (a fresh head; --head new) or keep the pre-trained output of one "
+            "property with --head-output NAME"
+        )
     model = prepare_head(loaded.model, head, num_outputs, extra_layers, seed)
     model.train()
     summary = apply_freeze(model, spec)
     return FineTuneModel(model, summary, loaded.graph_config, loaded)
+
+
+def finetune_config(config: TrainConfig, prepared: FineTuneModel) -> TrainConfig:
+    """``config`` with the pre-trained model's graph config and architecture.
+
+    Raises:
+        ConfigError: ``config`` asks for other (non-default) graph settings
+            than the pre-trained model was trained with.
+    """
+    graph = prepared.graph_config
+    if config.graph not in (graph, GraphConfig()):
+        raise ConfigError(
+            f"the config's graph settings {config.graph.model_dump()} differ from those the "
+            f"pre-trained model was trained with {graph.model_dump()}; fine-tuning uses the "
+            "latter: drop the graph section from the config"
+        )
+    architecture = prepared.model.config_dict()  # type: ignore[operator]
+    model = ModelSettings(**{k: architecture[k] for k in ModelSettings.model_fields})
+    return config.model_copy(update={"graph": graph, "model": model})
+
+
+def _optimizer_groups(
+    multipliers: Mapping[str, float],
+) -> Callable[[nn.Module, float, float], list[dict[str, Any]]]:
+    def build(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        return param_groups(model, lr, multipliers, weight_decay)
+
+    return build
+
+
+def _audit(
+    pretrained: Path, splits: Splits, pretrain_data: str | Path | Sequence[Record] | None,
+    data_dir: str | Path | None,
+) -> tuple[LeakageReport | None, PretrainingData | None]:
+    pt = pretraining_records(pretrained, pretrain_data, data_dir)
+    if pt is None:
+        return None, None
+    return audit_leakage(pt.records, splits.train + splits.val, splits.test), pt
+
+
+def _leakage_entry(report: LeakageReport | None, pt: PretrainingData | None,
+                   audit: bool) -> dict[str, Any]:
+    if report is None or pt is None:
+        why = ("not requested" if not audit else "the pre-training data are unknown (a bare "
+               "checkpoint or a multi-property run): pass --pretrain-data")
+        return {"audited": False, "reason": why}
+    return {"audited": True, "summary": str(report), "pretraining_data": pt.to_dict(),
+            **report.to_dict()}
+
+
+def _model_card_section(record: dict[str, Any]) -> str:
+    pt, leakage = record["pretrained"], record["leakage"]
+    lines = [
+        "", "## Transfer", "",
+        f"- fine-tuned from `{pt['checkpoint']}` (sha256 `{pt['sha256']}`), "
+        f"pre-trained on {pt['target_names']}",
+        f"- strategy: {record['strategy']}; head: {record['head']}"
+        + (f" (outputs {record['head_outputs']})" if record["head_outputs"] else ""),
+        f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}",
+        f"- trainable parameters: {record['freeze']['num_trainable']:,}, "
+        f"frozen: {record['freeze']['num_frozen']:,}",
+        "- leakage: " + (leakage["summary"] if leakage["audited"] else
+                         f"not audited ({leakage['reason']})"),
+    ]
+    if record["excluded_pretraining"]:
+        count = record["excluded_pretraining"]["num_excluded"]
+        lines.append(f"- pre-training repeated without {count} crystals of the fine-tuning "
+                     "test set")
+    return "\n".join(lines) + "\n"
+
+
+def finetune(
+    data: str | Path,
+    pretrained: str | Path,
+    out: str | Path,
+    strategy: FreezeSpec | str = "all",
+    head: HeadMode = "reuse",
+    lr_multipliers: Mapping[str, float] | str | None = None,
+    *,
+    test: str | Path | None = None,
+    config: TrainConfig | None = None,
+    head_outputs: Sequence[str] | None = None,
+    extra_layers: int = 2,
+    pretrain_data: str | Path | Sequence[Record] | None = None,
+    exclude_test_structures: bool = False,
+    audit: bool = True,
+    data_dir: str | Path | None = None,
+    trial: int | None = None,
+    size: int | None = None,
+    target_key: str | None = None,
+    format: str | None = None,
+    skip_invalid: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Fine-tune a pre-trained model on ``data``; leaves a run directory like ``train``'s.
+
+    Besides :func:`matxfer.training.train`'s outputs, ``out`` holds
+    ``transfer.json``: the pre-trained checkpoint (path, sha256, targets),
+    strategy, head, learning-rate multipliers, frozen/trainable counts and the
+    leakage audit; ``MODEL_CARD.md`` gets a "Transfer" section.
+
+    Args:
+        data: Fine-tuning dataset (file, folder, or named dataset under ``data_dir``).
+        pretrained: Pre-training run directory or checkpoint file.
+        out: Run directory (created).
+        strategy: Freezing strategy (see :func:`~matxfer.transfer.freeze.parse_freeze`;
+            default ``"all"``: everything trains).
+        head: ``reuse``, ``new`` or ``deeper`` (see :mod:`~matxfer.transfer.heads`).
+        lr_multipliers: Per layer-group factors on the learning rate,
+            ``{"embedding": 0.1, "head": 10}`` or ``"embedding=0.1,head=10"``.
+        test: Test dataset (default as in ``train``).
+        config: Training config (default: the ``paper`` profile); its graph
+            and model sections are replaced by the pre-trained model's.
+        head_outputs: Pre-trained outputs to reuse, by name (multi-property models).
+        extra_layers: Hidden blocks added by ``head="deeper"``.
+        pretrain_data: The pre-training dataset (or its records), for the
+            leakage audit when the pre-training run does not record it.
+        exclude_test_structures: First repeat the pre-training without the
+            crystals of the fine-tuning test set (into
+            ``out/pretrain_excluding_test``, reused when finished), then
+            fine-tune from it. Needs a pre-training run directory.
+        audit: Run the leakage audit (default: ``True``).
+        data_dir, trial, size, target_key, format, skip_invalid: Data options
+            of the fine-tuning data, as in ``train``.
+        resume: Continue an interrupted fine-tuning run in ``out``.
+        progress: Progress bars (default: when stderr is a terminal).
+        callbacks: Extra Lightning callbacks.
+
+    Returns:
+        The :class:`~matxfer.training.TrainResult`.
+
+    Raises:
+        MatxferError: Missing checkpoint, bad strategy/head/multipliers, bad
+            data, or an existing run without ``resume``.
+    """
+    from matxfer.training.run import train
+
+    spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
+    if head not in HEAD_MODES:  # checked again later; here before any data is read
+        raise ConfigError(f"unknown head mode {head!r}; choose one of {list(HEAD_MODES)}")
+    multipliers = (parse_lr_multipliers(lr_multipliers) if isinstance(lr_multipliers, str)
+                   else dict(lr_multipliers or {}))
+    config = config or TrainConfig(profile="paper")
+    out = Path(out)
+    checkpoint = resolve_checkpoint(pretrained)
+    splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
+                            skip_invalid)
+    excluded = None
+    if exclude_test_structures:
+        excluded = pretrain_excluding(checkpoint, splits.test, out / EXCLUDED_PRETRAINING_DIR,
+                                      progress=progress)
+        checkpoint = excluded.checkpoint
+    prepared = load_for_finetuning(checkpoint, len(splits.target_names), spec, head,
+                                   extra_layers, config.seed, head_outputs)
+    ft_config = finetune_config(config, prepared)
+    report, pt_data = None, None
+    if audit:
+        report, pt_data = _audit(checkpoint, splits, pretrain_data, data_dir)
+    with warnings.catch_warnings():
+        # Frozen normalisation layers are in eval mode on purpose (running statistics kept).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        result = train(
+            data, out, test, ft_config, data_dir=data_dir, trial=trial, size=size,
+            target_key=target_key, format=format, skip_invalid=skip_invalid, resume=resume,
+            progress=progress, callbacks=callbacks, model=prepared.model,
+            param_groups=_optimizer_groups(multipliers),
+        )
+    record = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "pretrained": {
+            "checkpoint": str(checkpoint.resolve()),
+            "sha256": checkpoint_sha256(checkpoint),
+            "target_names": prepared.pretrained.target_names,
+            "epoch": prepared.pretrained.epoch,
+            "graph_config": prepared.graph_config.model_dump(mode="json"),
+            "model_config": prepared.pretrained.info.get("model_config"),
+        },
+        "strategy": str(spec),
+        "frozen_groups": sorted(spec.frozen),
+        "head_scope": spec.head_scope,
+        "head": head,
+        "head_outputs": list(head_outputs or []),
+        "extra_layers": extra_layers if head == "deeper" else None,
+        "lr_multipliers": multipliers,
+        "freeze": {
+            "num_trainable": prepared.freeze.num_trainable,
+            "num_frozen": prepared.freeze.num_frozen,
+            "trainable": prepared.freeze.trainable,
+            "frozen": prepared.freeze.frozen,
+            "frozen_norms": prepared.freeze.frozen_norms,
+        },
+        "excluded_pretraining": None if excluded is None else {
+            "run_dir": str(excluded.run_dir.resolve()), "reused": excluded.reused,
+            "num_excluded": len(excluded.excluded), "excluded": excluded.excluded,
+        },
+        "leakage": _leakage_entry(report, pt_data, audit),
+    }
+    write_json(out / TRANSFER_FILE, record)
+    card = out / "MODEL_CARD.md"
+    if card.is_file():
+        card.write_text(card.read_text() + _model_card_section(record))
+    return result

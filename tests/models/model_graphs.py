@@ -15,7 +15,9 @@ def line_graph(edge_index: Tensor) -> Tensor:
     return same_atom.nonzero().t().contiguous()
 
 
-def random_graph(num_atoms: int, num_bonds: int, seed: int, with_target: bool = True) -> CrystalGraph:
+def random_graph(
+    num_atoms: int, num_bonds: int, seed: int, with_target: bool = True
+) -> CrystalGraph:
     """A random crystal-like graph: ``num_bonds`` bonds, each in both directions."""
     gen = torch.Generator().manual_seed(seed)
     i = torch.randint(0, num_atoms, (num_bonds,), generator=gen)

@@ -100,7 +100,11 @@ def test_config_dict_follows_a_replaced_head() -> None:
     model = small_model()
     model.head = MLPHead(16, 4, hidden_layers=2, hidden_features=8)
     config = model.config_dict()
-    assert (config["num_outputs"], config["head_hidden_layers"], config["head_hidden_features"]) == (
+    assert (
+        config["num_outputs"],
+        config["head_hidden_layers"],
+        config["head_hidden_features"],
+    ) == (
         4,
         2,
         8,
@@ -181,3 +185,45 @@ def test_larger_random_graph_runs_in_float64() -> None:
     graph.angle_cos = graph.angle_cos.double()
     model.eval()
     assert model(graph).dtype == torch.float64
+
+
+def test_real_crystal_graphs_predict_rotation_invariantly(small_structures) -> None:
+    from pymatgen.core import Structure
+    from scipy.spatial.transform import Rotation
+
+    from matxfer.graphs import build_graph
+
+    model = small_model("batch", num_outputs=2)
+    model(Batch.from_data_list([build_graph(s) for s in small_structures[:4]]))
+    model.eval()
+    rotation = Rotation.from_euler("xyz", [30, 70, -20], degrees=True).as_matrix()
+    for structure in small_structures[:4]:
+        rotated = Structure(
+            structure.lattice.matrix @ rotation.T, structure.species, structure.frac_coords
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model(build_graph(structure)), model(build_graph(rotated)), rtol=1e-4, atol=1e-5
+            )
+
+
+def test_autocast_bfloat16_runs_and_stays_close(graphs: list[CrystalGraph]) -> None:
+    model = small_model("layer", num_outputs=2).eval()
+    batch = Batch.from_data_list(graphs)
+    with torch.no_grad():
+        full = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(batch)
+    assert torch.isfinite(low).all()
+    assert (low.float() - full).abs().max() < 0.1 * (full.abs().max() + 1)
+
+
+def test_graph_without_bond_pairs_leaves_batch_norm_statistics_alone() -> None:
+    graph = random_graph(3, 4, seed=7)
+    graph.lg_edge_index = graph.lg_edge_index[:, :0]
+    graph.angle_cos = graph.angle_cos[:0]
+    model = small_model("batch")
+    before = model.alignn_layers[0].edge_update.norm_edges.running_var.clone()
+    out = model(graph)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(model.alignn_layers[0].edge_update.norm_edges.running_var, before)

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from matxfer.models import gated_edges
-from matxfer.models.fused_ops import linear, norm_silu
+from matxfer.models import block_norm
+from matxfer.models.block_norm import linear_norm_silu, norm_silu
+from matxfer.models.fused_ops import linear
 from matxfer.models.gated_edges import edge_gated_update, edge_gated_update_reference
 
 
@@ -46,7 +47,7 @@ def _inputs(width: int = 4, num_nodes: int = 6, num_edges: int = 23) -> list[tor
 def test_blockwise_edge_update_matches_plain_autograd(
     monkeypatch: pytest.MonkeyPatch, kind: str, residual: bool
 ) -> None:
-    monkeypatch.setattr(gated_edges, "BLOCK_ELEMENTS", 5 * 4)  # blocks of 5 edges
+    monkeypatch.setattr(block_norm, "BLOCK_ELEMENTS", 5 * 4)  # blocks of 5 edges
     src, dst = _edges(6, 23, seed=1)
     inputs = _inputs()
     norm, plain_norm = _norm(kind, 4), _norm(kind, 4)
@@ -73,7 +74,7 @@ def test_blockwise_edge_update_matches_plain_autograd(
 
 @pytest.mark.parametrize("kind", ["layer", "batch"])
 def test_blockwise_edge_update_passes_gradcheck(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    monkeypatch.setattr(gated_edges, "BLOCK_ELEMENTS", 4 * 3)
+    monkeypatch.setattr(block_norm, "BLOCK_ELEMENTS", 4 * 3)
     src, dst = _edges(5, 11, seed=2)
     inputs = _inputs(width=3, num_nodes=5, num_edges=11)
     norm = _norm(kind, 3)
@@ -152,3 +153,28 @@ def test_norm_silu_eval_batch_norm_uses_running_statistics() -> None:
     m = torch.full((4, 3), 2.0, requires_grad=True)
     torch.testing.assert_close(norm_silu(m, norm), torch.zeros(4, 3))
     assert int(norm.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("kind", ["layer", "batch", "batch-eval", "none"])
+def test_blockwise_mlp_layer_matches_plain_autograd(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setattr(block_norm, "BLOCK_ELEMENTS", 4 * 3)  # blocks of 3 rows
+    torch.manual_seed(0)
+    x = torch.randn(10, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    norm, plain_norm = _norm(kind, 4), _norm(kind, 4)
+    plain_norm.load_state_dict(norm.state_dict())
+
+    out = linear_norm_silu(x, weight, bias, norm)
+    expected = F.silu(plain_norm(F.linear(x, weight, bias)))
+    torch.testing.assert_close(out, expected)
+    for name, buffer in plain_norm.named_buffers():
+        torch.testing.assert_close(dict(norm.named_buffers())[name], buffer)
+    grads = torch.autograd.grad(out.square().sum(), [x, weight, bias, *norm.parameters()])
+    expected_grads = torch.autograd.grad(
+        expected.square().sum(), [x, weight, bias, *plain_norm.parameters()]
+    )
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -135,6 +135,19 @@ def test_2021_reference_predictions_and_running_statistics_are_equal(
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(ours[reference_key_to_matxfer(key)], value, rtol=1e-5, atol=1e-6)
 
+    expected.square().sum().backward()
+    predicted.square().sum().backward()
+    # Biases in front of a training-mode BatchNorm have zero gradient up to
+    # rounding, so compare against the largest gradient, not per tensor.
+    scale = max(p.grad.abs().max() for p in reference.parameters() if p.grad is not None)
+    parameters = dict(model.named_parameters())
+    for key, parameter in reference.named_parameters():
+        grad = parameters[reference_key_to_matxfer(key)].grad
+        if parameter.grad is None:
+            assert grad is None, key
+        else:
+            assert (grad - parameter.grad).abs().max() < 1e-4 * scale, key
+
 
 def test_2021_study_checkpoint_is_consumed_completely(alignn_2021: ModuleType) -> None:
     reference = alignn_2021.ALIGNN(alignn_2021.ALIGNNConfig(name="alignn"))
@@ -198,6 +211,7 @@ def test_species_table_must_hold_cgcnn_features() -> None:
         ({"name": "alignn", "link": "log"}, "link='log'"),
         ({"name": "alignn", "classification": True}, "classification"),
         ({"epochs": 3}, "'name'"),
+        ({"atom_features": "cfid", "model": {"name": "alignn"}}, "atom_features='cfid'"),
     ],
 )
 def test_unsupported_reference_configs_are_config_errors(config: dict, message: str) -> None:

@@ -29,7 +29,7 @@ def tiny_module(records: list[Record], names: list[str]) -> PropertyModule:
 
 
 def test_unknown_loss_lists_choices() -> None:
-    with pytest.raises(ConfigError, match=r"'hinge'.*\['huber', 'l1', 'mse'\]"):
+    with pytest.raises(ConfigError, match=r"'hinge'.*\['huber', 'l1', 'masked_l1', 'mse'\]"):
         resolve_loss("hinge")
     assert resolve_loss("MSE")(torch.tensor([1.0]), torch.tensor([3.0])) == 4.0
 

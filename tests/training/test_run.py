@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from pymatgen.io.ase import AseAtomsAdaptor
-from training_helpers import synthetic_structures, tiny_config
+from training_helpers import synthetic_structures, tiny_config, write_alignn_json
 
 from matxfer.data import read_dataset
 from matxfer.errors import ConfigError, MatxferError
@@ -180,3 +180,16 @@ def test_a_supplied_model_trains_with_its_own_parameter_groups(tiny_data: Path,
         assert torch.equal(trained.model.atom_embedding.state_dict()[key], value), key
     assert any(not torch.equal(a, b) for a, b in
                zip(head_before, trained.model.head.parameters(), strict=True))
+
+
+def test_resume_refuses_corrupted_checkpoints_and_other_data(
+    trained_run: TrainResult, tiny_data: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run.run_dir, copy)
+    other = write_alignn_json(tmp_path / "other.json", synthetic_structures(36, seed=9))
+    with pytest.raises(MatxferError, match="data differ"):
+        train(other, copy, config=tiny_config(), resume=True, progress=False)
+    (copy / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MatxferError, match="corrupted"):
+        train(tiny_data, copy, config=tiny_config(), resume=True, progress=False)

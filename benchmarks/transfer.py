@@ -1,0 +1,277 @@
+"""Transfer to phonons: scratch vs fine-tuned from formation energy vs multi-property (MPT).
+
+On the study's phonon set (trial 1, fixed 127-structure test set, ``fast``
+profile), for each fine-tuning size:
+
+* **scratch**: trained from random weights;
+* **FE→PH**: fine-tuned (all layers, pre-trained head reused) from a
+  formation-energy pre-training on 941 structures sampled (seeded) from the
+  fe pool, the study's pre-training size of its pair-wise matrix
+  (``--full-pool``: also from the whole pool, 7,867 structures);
+* **MPT→PH** (``--mpt``): fine-tuned (new head) from a leave-one-out
+  multi-property pre-training on the six other properties (941 each);
+* with ``--exclude-test-structures``: the fine-tuned rows again, pre-trained
+  without the crystals of the phonon test set (transfer to unseen crystals).
+
+Printed beside each row: the study's 5-trial mean R² (Devi, Butler & Sai
+Gautam, arXiv 2406.13142, paper configuration) and, at size 100, a reference
+calibration of small models (reference ALIGNN 2 + 2 × 64: pre-trained 8 min on
+941 dielectric structures, fine-tuned 3 min). Also printed: the leakage audit,
+how many phonon test (and training) crystals the pre-training data contain.
+
+Pre-trained runs are cached under ``--cache`` (default
+``~/.cache/matxfer/bench/transfer``), keyed by data, size and config, so
+reruns skip them. This benchmark takes hours on two CPU cores; run it on an
+idle machine. ``--quick`` checks the pipeline end to end in minutes (2 epochs,
+small pre-training samples; numbers meaningless).
+
+    python benchmarks/transfer.py                      # scratch and FE→PH, sizes 100, 800
+    python benchmarks/transfer.py --mpt --full-pool --exclude-test-structures
+    python benchmarks/transfer.py --quick --sizes 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: The study's 5-trial mean test R² on phonons (sizes 100 / 800).
+STUDY_R2 = {"scratch": {100: 0.534, 800: 0.904}, "FE→PH": {100: 0.616, 800: 0.946},
+            "MPT→PH": {100: 0.528, 800: 0.979}}
+#: Reference calibration, small ALIGNN 2+2×64, phonons trial 1, size 100: (R², MAE).
+CALIBRATION = {"scratch": (0.630, 0.107), "FE→PH": (0.705, 0.088)}
+#: The six other properties of the study (leave-one-out MPT for phonons).
+MPT_PROPERTIES = ("fe", "bg", "gv", "dc", "pz", "ebg")
+PT_SIZE = 941
+#: Saved beside an MPT run: the ids of the pool records it pre-trained on.
+MPT_IDS_FILE = "pretraining_ids.json"
+
+
+def cache_key(**parts: Any) -> str:
+    """Short stable hash of what determines a pre-training."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").is_file() and (run_dir / "best.ckpt").is_file()
+
+
+def cached_run(run_dir: Path, label: str, make: Callable[[bool], Any]) -> Path:
+    """Run ``make(resume)`` unless ``run_dir`` holds a finished run; returns ``run_dir``."""
+    if finished(run_dir):
+        print(f"{label}: cached ({run_dir})", flush=True)
+        return run_dir
+    print(f"{label} ...", flush=True)
+    start = time.perf_counter()
+    make((run_dir / "last.ckpt").is_file())
+    print(f"{label}: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return run_dir
+
+
+def test_metrics(run_dir: Path) -> dict[str, float]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = next(iter(metrics["test"].values()))["original"]
+    return {"r2": test["r2"], "mae": test["mae"], "epochs": metrics["epochs_trained"]}
+
+
+def leakage_of(run_dir: Path) -> str:
+    leakage = json.loads((run_dir / "transfer.json").read_text())["leakage"]
+    if not leakage.get("audited"):
+        return "not audited"
+    return (f"{leakage['test_leaked']}/{leakage['num_test']} test, "
+            f"{leakage['train_leaked']}/{leakage['num_train']} train crystals in "
+            f"{leakage['num_pretrain']} PT records")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--sizes", default="100,800", help="fine-tuning sizes (trial subsets)")
+    parser.add_argument("--trial", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="override the fast profile's epochs (all runs)")
+    parser.add_argument("--pt-epochs", type=int, help="override epochs of pre-training only")
+    parser.add_argument("--full-pool", action="store_true", help="also pre-train on all of fe")
+    parser.add_argument("--mpt", action="store_true", help="add the leave-one-out MPT rows")
+    parser.add_argument("--exclude-test-structures", action="store_true",
+                        help="add rows pre-trained without the phonon test crystals")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 epochs, small pre-training samples: a pipeline check")
+    parser.add_argument("--cache", type=Path, help="pre-training cache folder")
+    parser.add_argument("--out", type=Path, help="folder for the scratch/FT runs (default: temp)")
+    return parser.parse_args()
+
+
+class Benchmark:
+    """Runs and collects the rows; pre-trainings cached, scratch/FT runs in ``out``."""
+
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        from matxfer.training import resolve_config
+        from matxfer.training.inputs import cache_dir
+
+        self.args, self.out = args, out
+        self.sizes = [int(s) for s in args.sizes.split(",")]
+        self.data_dir = str(args.data_dir.resolve())
+        epochs = 2 if args.quick else args.epochs
+        self.pt_size = 200 if args.quick else PT_SIZE
+        self.mpt_size = 50 if args.quick else PT_SIZE
+        common = {"seed": args.seed, **({"epochs": epochs} if epochs else {})}
+        self.config = resolve_config("fast", common)
+        pt_epochs = args.pt_epochs or epochs
+        self.pt_config = resolve_config("fast", {**common, **({"epochs": pt_epochs}
+                                                               if pt_epochs else {})})
+        self.cache = args.cache or cache_dir() / "bench" / "transfer"
+        self.rows: list[dict[str, Any]] = []
+
+    def pretrain_fe(self, size: int | None) -> Path:
+        from matxfer.training import train
+
+        key = cache_key(data="fe", size=size, data_dir=self.data_dir,
+                        config=self.pt_config.model_dump(mode="json"))
+        run_dir = self.cache / f"fe-{size or 'pool'}-{key}"
+        return cached_run(run_dir, f"pre-training on fe ({size or 'whole pool'})",
+                          lambda resume: train("fe", run_dir, config=self.pt_config,
+                                               data_dir=self.data_dir, size=size,
+                                               resume=resume, progress=sys.stderr.isatty()))
+
+    def pretrain_fe_excluding(self, pt_run: Path) -> Path:
+        from matxfer.data import resolve_named
+        from matxfer.transfer.pretrained import pretrain_excluding
+
+        run_dir = pt_run.with_name(pt_run.name + "-no-ph-test")
+        if finished(run_dir):
+            print(f"pre-training without phonon test crystals: cached ({run_dir})", flush=True)
+            return run_dir
+        print("pre-training without phonon test crystals ...", flush=True)
+        test = resolve_named("ph", data_dir=self.data_dir).test.records
+        result = pretrain_excluding(pt_run, test, run_dir, progress=sys.stderr.isatty())
+        print(f"  {len(result.excluded)} pre-training crystals excluded", flush=True)
+        return run_dir
+
+    def pretrain_mpt(self, exclude_test: bool) -> Path | None:
+        try:
+            from matxfer.transfer.multitask import mpt_config, pretrain_multi
+        except ImportError as error:
+            print(f"MPT rows skipped: {error}", flush=True)
+            return None
+        overrides = {"seed": self.args.seed, **({"epochs": self.pt_config.epochs}
+                                                if self.args.quick or self.args.pt_epochs
+                                                or self.args.epochs else {})}
+        config = mpt_config("fast", overrides)
+        key = cache_key(data=MPT_PROPERTIES, size=self.mpt_size, data_dir=self.data_dir,
+                        exclude_test=exclude_test, config=config.model_dump(mode="json"))
+        run_dir = self.cache / f"mpt-loo-ph-{key}"
+        datasets = {name: name for name in (*MPT_PROPERTIES, "ph")}
+
+        def record_ids(data: Any) -> None:  # MPT runs do not record their data: for the audit
+            ids = {name: [r.id for r in prop.pool] for name, prop in data.properties.items()}
+            (run_dir / MPT_IDS_FILE).write_text(json.dumps(ids))
+
+        return cached_run(
+            run_dir, f"MPT pre-training on {', '.join(MPT_PROPERTIES)} ({self.mpt_size} each"
+            f"{', phonon test crystals excluded' if exclude_test else ''})",
+            lambda resume: pretrain_multi(datasets, run_dir, exclude=("ph",), config=config,
+                                          data_dir=self.data_dir, size=self.mpt_size,
+                                          exclude_test_structures=exclude_test,
+                                          progress=sys.stderr.isatty(), resume=resume,
+                                          on_merged=record_ids))
+
+    def mpt_records(self, run_dir: Path) -> list[Any] | None:
+        """The pool records an MPT run pre-trained on (from the ids saved at merge time)."""
+        from matxfer.data import resolve_named
+
+        path = run_dir / MPT_IDS_FILE
+        if not path.is_file():
+            return None
+        records = []
+        for name, ids in json.loads(path.read_text()).items():
+            wanted = set(ids)
+            pool = resolve_named(name, data_dir=self.data_dir).pool.records
+            records += [r for r in pool if r.id in wanted]
+        return records
+
+    def add(self, label: str, size: int, run_dir: Path) -> None:
+        row = {"row": label, "size": size, **test_metrics(run_dir)}
+        row["leakage"] = leakage_of(run_dir) if (run_dir / "transfer.json").is_file() else ""
+        self.rows.append(row)
+        print(f"  {label} @ {size}: R² {row['r2']:.3f}, MAE {row['mae']:.3f}", flush=True)
+
+    def scratch(self, size: int) -> None:
+        from matxfer.training import train
+
+        run_dir = self.out / f"scratch-{size}"
+        train("ph", run_dir, config=self.config, data_dir=self.data_dir, trial=self.args.trial,
+              size=size, progress=sys.stderr.isatty())
+        self.add("scratch", size, run_dir)
+
+    def finetune(self, label: str, pt_run: Path, size: int, head: str,
+                 pretrain_data: list[Any] | None = None) -> None:
+        from matxfer.transfer.finetune import finetune
+
+        run_dir = self.out / f"{label.replace('→', '-').replace(' ', '_')}-{size}"
+        print(f"fine-tuning {label} @ {size} ...", flush=True)
+        finetune("ph", pt_run, run_dir, "all", head, config=self.config,  # type: ignore[arg-type]
+                 data_dir=self.data_dir, trial=self.args.trial, size=size,
+                 pretrain_data=pretrain_data, progress=sys.stderr.isatty())
+        self.add(label, size, run_dir)
+
+    def run(self) -> None:
+        pre_trained: list[tuple[str, Path, str, list[Any] | None]] = []
+        fe = self.pretrain_fe(self.pt_size)
+        pre_trained.append(("FE→PH", fe, "reuse", None))
+        if self.args.full_pool:
+            pre_trained.append(("FE(pool)→PH", self.pretrain_fe(None), "reuse", None))
+        if self.args.exclude_test_structures:
+            pre_trained.append(("FE→PH excl.", self.pretrain_fe_excluding(fe), "reuse", None))
+        if self.args.mpt:
+            for exclude in (False, True) if self.args.exclude_test_structures else (False,):
+                mpt = self.pretrain_mpt(exclude)
+                if mpt is not None:
+                    label = "MPT→PH excl." if exclude else "MPT→PH"
+                    pre_trained.append((label, mpt, "new", self.mpt_records(mpt)))
+        for size in self.sizes:
+            print(f"scratch @ {size} ...", flush=True)
+            self.scratch(size)
+            for label, pt_run, head, records in pre_trained:
+                self.finetune(label, pt_run, size, head, records)
+
+    def print_table(self) -> None:
+        print(f"\nphonons, trial {self.args.trial}, fixed test set (127), fast profile"
+              f"{' (QUICK: numbers meaningless)' if self.args.quick else ''}")
+        print(f"{'row':<14}{'size':>5}{'R²':>8}{'MAE':>8}{'ep':>5}{'study R²':>10}"
+              f"{'calib. R²/MAE':>15}   leakage (phonon crystals in the PT data)")
+        for row in self.rows:
+            base = row["row"].replace("(pool)", "").replace(" excl.", "")
+            study = STUDY_R2.get(base, {}).get(row["size"])
+            calib = CALIBRATION.get(row["row"]) if row["size"] == 100 else None
+            print(f"{row['row']:<14}{row['size']:>5}{row['r2']:>8.3f}{row['mae']:>8.3f}"
+                  f"{row['epochs']:>5}{(f'{study:.3f}' if study else '-'):>10}"
+                  f"{(f'{calib[0]:.3f}/{calib[1]:.3f}' if calib else '-'):>15}"
+                  f"   {row['leakage']}")
+
+
+def main() -> None:
+    args = parse_args()
+    if not (args.data_dir / "ph" / "pool.json.gz").is_file():
+        sys.exit(f"{args.data_dir}: no ph/pool.json.gz; pass --data-dir")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch)
+        bench = Benchmark(args, out)
+        bench.run()
+        bench.print_table()
+    print(f"total {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Which records train, validate and test a run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from training_helpers import synthetic_structures, tiny_config, write_alignn_json
+
+from matxfer.errors import ConfigError, DataError
+from matxfer.training.inputs import prepare_splits
+
+
+def test_file_without_test_set_holds_out_a_seeded_fraction(tiny_data: Path) -> None:
+    first = prepare_splits(tiny_data, tiny_config())
+    again = prepare_splits(tiny_data, tiny_config())
+    other = prepare_splits(tiny_data, tiny_config(seed=1))
+    assert first.counts == {"train": 29, "val": 3, "test": 4}
+    assert [r.id for r in first.test] == [r.id for r in again.test]
+    assert [r.id for r in first.test] != [r.id for r in other.test]
+    ids = [r.id for part in first.parts().values() for r in part]
+    assert len(set(ids)) == 36
+
+
+def test_explicit_test_file_and_size(tiny_data: Path, tmp_path: Path) -> None:
+    test = write_alignn_json(tmp_path / "test.json", synthetic_structures(5, seed=3))
+    # Same ids as the first 5 records of tiny_data but other crystals: they are removed from
+    # the pool, as records also in the test set must never train the model.
+    splits = prepare_splits(tiny_data, tiny_config(), test=test, size=20)
+    assert splits.counts == {"train": 18, "val": 2, "test": 5}
+    assert not {r.id for r in splits.test} & {r.id for r in splits.train + splits.val}
+    assert "removed" in splits.source
+    with pytest.raises(DataError, match="missing"):
+        prepare_splits(tiny_data, tiny_config(), test=tmp_path / "missing.json")
+
+
+def test_trial_needs_size_and_a_named_dataset(tiny_data: Path) -> None:
+    with pytest.raises(ConfigError, match="--size"):
+        prepare_splits(tiny_data, tiny_config(), trial=1)
+    with pytest.raises(ConfigError, match="named datasets"):
+        prepare_splits(tiny_data, tiny_config(), trial=1, size=10)
+
+
+def test_study_folder_trial_subset_and_fixed_test_set(tmp_path: Path) -> None:
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    structures = synthetic_structures(30, seed=5)
+    write_alignn_json(folder / "pool.json", structures[:24])
+    write_alignn_json(folder / "test.json", structures[24:])
+    for name in ("pool", "test"):  # the study layout is gzipped JSON
+        plain = folder / f"{name}.json"
+        (folder / f"{name}.json.gz").write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+    # Test ids would collide with pool ids (both start at syn-0); renumber the test file.
+    test_items = json.loads(gzip.decompress((folder / "test.json.gz").read_bytes()))
+    for item in test_items:
+        item["jid"] = "t-" + item["jid"]
+    (folder / "test.json.gz").write_bytes(gzip.compress(json.dumps(test_items).encode()))
+    trial_ids = [f"syn-{i}" for i in (3, 1, 4, 15, 9, 2, 6, 5, 20, 11)]
+    (folder / "trials.json").write_text(json.dumps({"1": {"10": trial_ids}}))
+    splits = prepare_splits(folder, tiny_config(), trial=1, size=10)
+    assert splits.counts == {"train": 9, "val": 1, "test": 6}
+    assert sorted(r.id for r in splits.train + splits.val) == sorted(trial_ids)
+
+
+@pytest.mark.shared_data
+def test_study_subset_of_the_phonon_set(shared_datasets: Path) -> None:
+    splits = prepare_splits("ph", tiny_config(), data_dir=shared_datasets, trial=1, size=800)
+    assert splits.counts == {"train": 720, "val": 80, "test": 127}
+    trial = json.loads((shared_datasets / "ph" / "trials.json").read_text())["1"]["800"]
+    assert sorted(r.id for r in splits.train + splits.val) == sorted(str(i) for i in trial)
