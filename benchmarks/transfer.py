@@ -46,8 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: The study's 5-trial mean test R² on phonons (sizes 100 / 800).
-STUDY_R2 = {"scratch": {100: 0.534, 800: 0.904}, "FE→PH": {100: 0.616, 800: 0.946},
-            "MPT→PH": {100: 0.528, 800: 0.979}}
+STUDY_R2 = {
+    "scratch": {100: 0.534, 800: 0.904},
+    "FE→PH": {100: 0.616, 800: 0.946},
+    "MPT→PH": {100: 0.528, 800: 0.979},
+}
 #: Reference calibration, small ALIGNN 2+2×64, phonons trial 1, size 100: (R², MAE).
 CALIBRATION = {"scratch": (0.630, 0.107), "FE→PH": (0.705, 0.088)}
 #: The six other properties of the study (leave-one-out MPT for phonons).
@@ -88,9 +91,11 @@ def leakage_of(run_dir: Path) -> str:
     leakage = json.loads((run_dir / "transfer.json").read_text())["leakage"]
     if not leakage.get("audited"):
         return "not audited"
-    return (f"{leakage['test_leaked']}/{leakage['num_test']} test, "
-            f"{leakage['train_leaked']}/{leakage['num_train']} train crystals in "
-            f"{leakage['num_pretrain']} PT records")
+    return (
+        f"{leakage['test_leaked']}/{leakage['num_test']} test, "
+        f"{leakage['train_leaked']}/{leakage['num_train']} train crystals in "
+        f"{leakage['num_pretrain']} PT records"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -103,10 +108,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pt-epochs", type=int, help="override epochs of pre-training only")
     parser.add_argument("--full-pool", action="store_true", help="also pre-train on all of fe")
     parser.add_argument("--mpt", action="store_true", help="add the leave-one-out MPT rows")
-    parser.add_argument("--exclude-test-structures", action="store_true",
-                        help="add rows pre-trained without the phonon test crystals")
-    parser.add_argument("--quick", action="store_true",
-                        help="2 epochs, small pre-training samples: a pipeline check")
+    parser.add_argument(
+        "--exclude-test-structures",
+        action="store_true",
+        help="add rows pre-trained without the phonon test crystals",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 epochs, small pre-training samples: a pipeline check",
+    )
     parser.add_argument("--cache", type=Path, help="pre-training cache folder")
     parser.add_argument("--out", type=Path, help="folder for the scratch/FT runs (default: temp)")
     return parser.parse_args()
@@ -128,21 +139,35 @@ class Benchmark:
         common = {"seed": args.seed, **({"epochs": epochs} if epochs else {})}
         self.config = resolve_config("fast", common)
         pt_epochs = args.pt_epochs or epochs
-        self.pt_config = resolve_config("fast", {**common, **({"epochs": pt_epochs}
-                                                               if pt_epochs else {})})
+        self.pt_config = resolve_config(
+            "fast", {**common, **({"epochs": pt_epochs} if pt_epochs else {})}
+        )
         self.cache = args.cache or cache_dir() / "bench" / "transfer"
         self.rows: list[dict[str, Any]] = []
 
     def pretrain_fe(self, size: int | None) -> Path:
         from matxfer.training import train
 
-        key = cache_key(data="fe", size=size, data_dir=self.data_dir,
-                        config=self.pt_config.model_dump(mode="json"))
+        key = cache_key(
+            data="fe",
+            size=size,
+            data_dir=self.data_dir,
+            config=self.pt_config.model_dump(mode="json"),
+        )
         run_dir = self.cache / f"fe-{size or 'pool'}-{key}"
-        return cached_run(run_dir, f"pre-training on fe ({size or 'whole pool'})",
-                          lambda resume: train("fe", run_dir, config=self.pt_config,
-                                               data_dir=self.data_dir, size=size,
-                                               resume=resume, progress=sys.stderr.isatty()))
+        return cached_run(
+            run_dir,
+            f"pre-training on fe ({size or 'whole pool'})",
+            lambda resume: train(
+                "fe",
+                run_dir,
+                config=self.pt_config,
+                data_dir=self.data_dir,
+                size=size,
+                resume=resume,
+                progress=sys.stderr.isatty(),
+            ),
+        )
 
     def pretrain_fe_excluding(self, pt_run: Path) -> Path:
         from matxfer.data import resolve_named
@@ -164,12 +189,22 @@ class Benchmark:
         except ImportError as error:
             print(f"MPT rows skipped: {error}", flush=True)
             return None
-        overrides = {"seed": self.args.seed, **({"epochs": self.pt_config.epochs}
-                                                if self.args.quick or self.args.pt_epochs
-                                                or self.args.epochs else {})}
+        overrides = {
+            "seed": self.args.seed,
+            **(
+                {"epochs": self.pt_config.epochs}
+                if self.args.quick or self.args.pt_epochs or self.args.epochs
+                else {}
+            ),
+        }
         config = mpt_config("fast", overrides)
-        key = cache_key(data=MPT_PROPERTIES, size=self.mpt_size, data_dir=self.data_dir,
-                        exclude_test=exclude_test, config=config.model_dump(mode="json"))
+        key = cache_key(
+            data=MPT_PROPERTIES,
+            size=self.mpt_size,
+            data_dir=self.data_dir,
+            exclude_test=exclude_test,
+            config=config.model_dump(mode="json"),
+        )
         run_dir = self.cache / f"mpt-loo-ph-{key}"
         datasets = {name: name for name in (*MPT_PROPERTIES, "ph")}
 
@@ -178,13 +213,22 @@ class Benchmark:
             (run_dir / MPT_IDS_FILE).write_text(json.dumps(ids))
 
         return cached_run(
-            run_dir, f"MPT pre-training on {', '.join(MPT_PROPERTIES)} ({self.mpt_size} each"
+            run_dir,
+            f"MPT pre-training on {', '.join(MPT_PROPERTIES)} ({self.mpt_size} each"
             f"{', phonon test crystals excluded' if exclude_test else ''})",
-            lambda resume: pretrain_multi(datasets, run_dir, exclude=("ph",), config=config,
-                                          data_dir=self.data_dir, size=self.mpt_size,
-                                          exclude_test_structures=exclude_test,
-                                          progress=sys.stderr.isatty(), resume=resume,
-                                          on_merged=record_ids))
+            lambda resume: pretrain_multi(
+                datasets,
+                run_dir,
+                exclude=("ph",),
+                config=config,
+                data_dir=self.data_dir,
+                size=self.mpt_size,
+                exclude_test_structures=exclude_test,
+                progress=sys.stderr.isatty(),
+                resume=resume,
+                on_merged=record_ids,
+            ),
+        )
 
     def mpt_records(self, run_dir: Path) -> list[Any] | None:
         """The pool records an MPT run pre-trained on (from the ids saved at merge time)."""
@@ -210,19 +254,37 @@ class Benchmark:
         from matxfer.training import train
 
         run_dir = self.out / f"scratch-{size}"
-        train("ph", run_dir, config=self.config, data_dir=self.data_dir, trial=self.args.trial,
-              size=size, progress=sys.stderr.isatty())
+        train(
+            "ph",
+            run_dir,
+            config=self.config,
+            data_dir=self.data_dir,
+            trial=self.args.trial,
+            size=size,
+            progress=sys.stderr.isatty(),
+        )
         self.add("scratch", size, run_dir)
 
-    def finetune(self, label: str, pt_run: Path, size: int, head: str,
-                 pretrain_data: list[Any] | None = None) -> None:
+    def finetune(
+        self, label: str, pt_run: Path, size: int, head: Any, pretrain_data: list[Any] | None = None
+    ) -> None:
         from matxfer.transfer.finetune import finetune
 
         run_dir = self.out / f"{label.replace('→', '-').replace(' ', '_')}-{size}"
         print(f"fine-tuning {label} @ {size} ...", flush=True)
-        finetune("ph", pt_run, run_dir, "all", head, config=self.config,  # type: ignore[arg-type]
-                 data_dir=self.data_dir, trial=self.args.trial, size=size,
-                 pretrain_data=pretrain_data, progress=sys.stderr.isatty())
+        finetune(
+            "ph",
+            pt_run,
+            run_dir,
+            "all",
+            head,
+            config=self.config,
+            data_dir=self.data_dir,
+            trial=self.args.trial,
+            size=size,
+            pretrain_data=pretrain_data,
+            progress=sys.stderr.isatty(),
+        )
         self.add(label, size, run_dir)
 
     def run(self) -> None:
@@ -246,18 +308,24 @@ class Benchmark:
                 self.finetune(label, pt_run, size, head, records)
 
     def print_table(self) -> None:
-        print(f"\nphonons, trial {self.args.trial}, fixed test set (127), fast profile"
-              f"{' (QUICK: numbers meaningless)' if self.args.quick else ''}")
-        print(f"{'row':<14}{'size':>5}{'R²':>8}{'MAE':>8}{'ep':>5}{'study R²':>10}"
-              f"{'calib. R²/MAE':>15}   leakage (phonon crystals in the PT data)")
+        print(
+            f"\nphonons, trial {self.args.trial}, fixed test set (127), fast profile"
+            f"{' (QUICK: numbers meaningless)' if self.args.quick else ''}"
+        )
+        print(
+            f"{'row':<14}{'size':>5}{'R²':>8}{'MAE':>8}{'ep':>5}{'study R²':>10}"
+            f"{'calib. R²/MAE':>15}   leakage (phonon crystals in the PT data)"
+        )
         for row in self.rows:
             base = row["row"].replace("(pool)", "").replace(" excl.", "")
             study = STUDY_R2.get(base, {}).get(row["size"])
             calib = CALIBRATION.get(row["row"]) if row["size"] == 100 else None
-            print(f"{row['row']:<14}{row['size']:>5}{row['r2']:>8.3f}{row['mae']:>8.3f}"
-                  f"{row['epochs']:>5}{(f'{study:.3f}' if study else '-'):>10}"
-                  f"{(f'{calib[0]:.3f}/{calib[1]:.3f}' if calib else '-'):>15}"
-                  f"   {row['leakage']}")
+            print(
+                f"{row['row']:<14}{row['size']:>5}{row['r2']:>8.3f}{row['mae']:>8.3f}"
+                f"{row['epochs']:>5}{(f'{study:.3f}' if study else '-'):>10}"
+                f"{(f'{calib[0]:.3f}/{calib[1]:.3f}' if calib else '-'):>15}"
+                f"   {row['leakage']}"
+            )
 
 
 def main() -> None:

@@ -103,8 +103,15 @@ def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
     for split in splits:
         for name, units in metrics.get(split, {}).items():
             for unit, stats in units.items():
-                table.add_row(split, name, unit, str(stats["n"]), f"{stats['r2']:.4f}",
-                              f"{stats['mae']:.4g}", f"{stats['rmse']:.4g}")
+                table.add_row(
+                    split,
+                    name,
+                    unit,
+                    str(stats["n"]),
+                    f"{stats['r2']:.4f}",
+                    f"{stats['mae']:.4g}",
+                    f"{stats['rmse']:.4g}",
+                )
     console.print(table)
 
 
@@ -112,8 +119,12 @@ def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
 def train(
     data: Annotated[str, typer.Argument(help="Dataset file/folder, or a named dataset (ph, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    test: Annotated[Path | None, typer.Option(help="Test dataset (default: a named dataset's "
-                                              "fixed test set, else 10% of DATA).")] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
+        ),
+    ] = None,
     profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of splits, init and shuffling.")] = None,
@@ -129,19 +140,35 @@ def train(
     skip_invalid: Annotated[bool, typer.Option(help="Skip invalid records.")] = False,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
     sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bars (default: tty).")] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
+    ] = None,
 ) -> None:
     """Train an ALIGNN model; writes checkpoints, metrics, predictions and plots to --out."""
     from matxfer.training import config_for_run
     from matxfer.training import train as run_training
 
-    flags = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "val_fraction": val_fraction, "sampling": sampling}
+    flags = {
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "val_fraction": val_fraction,
+        "sampling": sampling,
+    }
     resolved = config_for_run(config, profile, flags, out, resume)
     result = run_training(
-        data, out, test, resolved, data_dir=data_dir, trial=trial, size=size,
-        target_key=target_key, format=format, skip_invalid=skip_invalid, resume=resume,
+        data,
+        out,
+        test,
+        resolved,
+        data_dir=data_dir,
+        trial=trial,
+        size=size,
+        target_key=target_key,
+        format=format,
+        skip_invalid=skip_invalid,
+        resume=resume,
         progress=progress,
     )
     _print_metrics(result.metrics, ("train", "val", "test"))
@@ -158,8 +185,9 @@ SkipInvalidOption = Annotated[bool, typer.Option(help="Skip invalid records.")]
 def evaluate(
     run: RunArgument,
     data: Annotated[Path, typer.Argument(help="Labelled dataset file or folder.")],
-    out: Annotated[Path | None, typer.Option(help="JSON file (default: RUN/eval_<DATA>.json).")]
-    = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file (default: RUN/eval_<DATA>.json).")
+    ] = None,
     format: FormatOption = None,
     target_key: TargetKeyOption = None,
     skip_invalid: SkipInvalidOption = False,
@@ -193,29 +221,40 @@ def predict(
 
 @app.command("pretrain-multi")
 def pretrain_multi(
-    datasets: Annotated[list[str], typer.Argument(
-        help="NAME=DATA (file, folder or named dataset) or a bare named dataset (fe ph ...).",
-        metavar="NAME[=DATA]", show_default=False)],
+    datasets: Annotated[
+        list[str],
+        typer.Argument(
+            help="NAME=DATA (file, folder or named dataset) or a bare named dataset (fe ph ...).",
+            metavar="NAME[=DATA]",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    exclude: Annotated[list[str] | None, typer.Option(
-        help="Leave this property out (leave-one-out); repeatable.")] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Leave this property out (leave-one-out); repeatable.")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
     size: Annotated[int | None, typer.Option(help="Records drawn per property.")] = None,
     sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
-    exclude_test_structures: Annotated[bool, typer.Option(
-        help="Drop pre-training crystals found in any property's test set.")] = False,
+    exclude_test_structures: Annotated[
+        bool, typer.Option(help="Drop pre-training crystals found in any property's test set.")
+    ] = False,
     profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of sampling, splits, init.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    loss: Annotated[str, typer.Option(
-        help="masked_l1 (the study's MPT loss), l1, mse or huber; wins over --config.")]
-    = "masked_l1",
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="masked_l1 (the study's MPT loss), l1, mse or huber; wins over --config."
+        ),
+    ] = "masked_l1",
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bars (default: tty).")] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
+    ] = None,
 ) -> None:
     """Pre-train one model on several property datasets merged by crystal (MPT).
 
@@ -230,12 +269,25 @@ def pretrain_multi(
             console.print(item)
 
     named = parse_dataset_args(datasets)
-    flags = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "sampling": sampling, "loss": loss}
+    flags = {
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "sampling": sampling,
+        "loss": loss,
+    }
     resolved = config_for_run(config, profile, flags, out, resume)
     result = run_pretraining(
-        named, out, exclude or (), resolved, data_dir=data_dir, size=size,
-        exclude_test_structures=exclude_test_structures, progress=progress, resume=resume,
+        named,
+        out,
+        exclude or (),
+        resolved,
+        data_dir=data_dir,
+        size=size,
+        exclude_test_structures=exclude_test_structures,
+        progress=progress,
+        resume=resume,
         on_merged=show_merge,
     )
     _print_metrics(result.metrics, ("test",))
@@ -247,35 +299,68 @@ def pretrain_multi(
 
 @app.command()
 def finetune(
-    data: Annotated[str, typer.Argument(help="Fine-tuning dataset file/folder, or a named "
-                                        "dataset (ph, ...).")],
-    pretrained: Annotated[Path, typer.Option("--from", help="Pre-training run directory or "
-                                             "checkpoint file.", show_default=False)],
+    data: Annotated[
+        str, typer.Argument(help="Fine-tuning dataset file/folder, or a named dataset (ph, ...).")
+    ],
+    pretrained: Annotated[
+        Path,
+        typer.Option(
+            "--from", help="Pre-training run directory or checkpoint file.", show_default=False
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    strategy: Annotated[str, typer.Option(help="all, last, head, two_body_only, "
-                                          "three_body_only, freeze_embedding, "
-                                          "freeze:GROUPS or train:GROUPS.")] = "all",
-    head: Annotated[str, typer.Option(help="reuse (keep the pre-trained output layer), new "
-                                      "(fresh head) or deeper (fresh, more layers).")] = "reuse",
-    head_output: Annotated[str | None, typer.Option(
-        help="With --head reuse: the pre-trained output(s) to keep, comma-separated "
-        "(multi-property models).")] = None,
-    lr_groups: Annotated[str | None, typer.Option(
-        help="Learning-rate factors per layer group, e.g. embedding=0.1,head=10.")] = None,
-    pretrain_data: Annotated[str | None, typer.Option(
-        help="The pre-training dataset, for the leakage audit (default: read from the "
-        "pre-training run).")] = None,
-    exclude_test_structures: Annotated[bool, typer.Option(
-        help="Repeat the pre-training without the crystals of the fine-tuning test set "
-        "(into OUT/pretrain_excluding_test), then fine-tune from it.")] = False,
-    audit: Annotated[bool, typer.Option(help="Count fine-tuning crystals present in the "
-                                        "pre-training data.")] = True,
-    test: Annotated[Path | None, typer.Option(help="Test dataset (default: a named dataset's "
-                                              "fixed test set, else 10% of DATA).")] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="all, last, head, two_body_only, "
+            "three_body_only, freeze_embedding, "
+            "freeze:GROUPS or train:GROUPS."
+        ),
+    ] = "all",
+    head: Annotated[
+        str,
+        typer.Option(
+            help="reuse (keep the pre-trained output layer), new "
+            "(fresh head) or deeper (fresh, more layers)."
+        ),
+    ] = "reuse",
+    head_output: Annotated[
+        str | None,
+        typer.Option(
+            help="With --head reuse: the pre-trained output(s) to keep, comma-separated "
+            "(multi-property models)."
+        ),
+    ] = None,
+    lr_groups: Annotated[
+        str | None,
+        typer.Option(help="Learning-rate factors per layer group, e.g. embedding=0.1,head=10."),
+    ] = None,
+    pretrain_data: Annotated[
+        str | None,
+        typer.Option(
+            help="The pre-training dataset, for the leakage audit (default: read from the "
+            "pre-training run)."
+        ),
+    ] = None,
+    exclude_test_structures: Annotated[
+        bool,
+        typer.Option(
+            help="Repeat the pre-training without the crystals of the fine-tuning test set "
+            "(into OUT/pretrain_excluding_test), then fine-tune from it."
+        ),
+    ] = False,
+    audit: Annotated[
+        bool, typer.Option(help="Count fine-tuning crystals present in the pre-training data.")
+    ] = True,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
+        ),
+    ] = None,
     profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of splits, head init, shuffling.")]
-    = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of splits, head init, shuffling.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
     trial: Annotated[int | None, typer.Option(help="The study's trial (with --size).")] = None,
     size: Annotated[int | None, typer.Option(help="Training + validation records.")] = None,
@@ -288,8 +373,9 @@ def finetune(
     skip_invalid: Annotated[bool, typer.Option(help="Skip invalid records.")] = False,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
     sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bars (default: tty).")] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
+    ] = None,
 ) -> None:
     """Fine-tune a pre-trained model on DATA; writes a run directory plus transfer.json.
 
@@ -302,36 +388,75 @@ def finetune(
 
     spec = parse_freeze(strategy)  # bad options fail before any data is read
     multipliers = parse_lr_multipliers(lr_groups or "")
-    flags = {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "val_fraction": val_fraction, "sampling": sampling}
+    flags = {
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "val_fraction": val_fraction,
+        "sampling": sampling,
+    }
     resolved = config_for_run(config, profile, flags, out, resume)
     outputs = [name.strip() for name in head_output.split(",")] if head_output else None
     result = run_finetuning(
-        data, pretrained, out, spec, head, multipliers, test=test, config=resolved,  # type: ignore[arg-type]
-        head_outputs=outputs, pretrain_data=pretrain_data,
-        exclude_test_structures=exclude_test_structures, audit=audit, data_dir=data_dir,
-        trial=trial, size=size, target_key=target_key, format=format,
-        skip_invalid=skip_invalid, resume=resume, progress=progress,
+        data,
+        pretrained,
+        out,
+        spec,
+        head,
+        multipliers,  # type: ignore[arg-type]  # checked there
+        test=test,
+        config=resolved,
+        head_outputs=outputs,
+        pretrain_data=pretrain_data,
+        exclude_test_structures=exclude_test_structures,
+        audit=audit,
+        data_dir=data_dir,
+        trial=trial,
+        size=size,
+        target_key=target_key,
+        format=format,
+        skip_invalid=skip_invalid,
+        resume=resume,
+        progress=progress,
     )
     _print_metrics(result.metrics, ("train", "val", "test"))
     record = json.loads((result.run_dir / TRANSFER_FILE).read_text())
     leakage = record["leakage"]
-    console.print("leakage audit: " + (leakage["summary"] if leakage["audited"]
-                                       else f"not run ({leakage['reason']})"), highlight=False)
-    console.print(f"strategy {record['strategy']}, head {record['head']}; best epoch "
-                  f"{result.metrics['best_epoch']}; run saved in {result.run_dir}")
+    console.print(
+        "leakage audit: "
+        + (leakage["summary"] if leakage["audited"] else f"not run ({leakage['reason']})"),
+        highlight=False,
+    )
+    console.print(
+        f"strategy {record['strategy']}, head {record['head']}; best epoch "
+        f"{result.metrics['best_epoch']}; run saved in {result.run_dir}"
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder of the demo's runs and results "
-                                      "(reruns skip finished steps).")] = Path("matxfer-demo"),
-    sizes: Annotated[str, typer.Option(help="Fine-tuning sizes (trial-1 subsets of the "
-                                       "phonon pool), comma-separated.")] = "100,800",
-    quick: Annotated[bool, typer.Option(help="A tiny model and few epochs: a smoke test of "
-                                        "the pipeline in about a minute.")] = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bars (default: tty).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder of the demo's runs and results (reruns skip finished steps)."
+        ),
+    ] = Path("matxfer-demo"),
+    sizes: Annotated[
+        str,
+        typer.Option(
+            help="Fine-tuning sizes (trial-1 subsets of the phonon pool), comma-separated."
+        ),
+    ] = "100,800",
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="A tiny model and few epochs: a smoke test of the pipeline in about a minute."
+        ),
+    ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
+    ] = None,
 ) -> None:
     """Pre-train on formation energies, fine-tune on phonons, compare with scratch (offline).
 
@@ -341,8 +466,13 @@ def demo(
     """
     from matxfer.transfer.demo import parse_sizes, results_table, run_demo
 
-    result = run_demo(out, parse_sizes(sizes), quick=quick, progress=progress,
-                      echo=lambda line: console.print(line, highlight=False))
+    result = run_demo(
+        out,
+        parse_sizes(sizes),
+        quick=quick,
+        progress=progress,
+        echo=lambda line: console.print(line, highlight=False),
+    )
     console.print(results_table(result))
     console.print(f"results: {result.csv}, {result.json}, {result.plot}")
 

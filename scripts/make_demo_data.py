@@ -49,7 +49,11 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=default)
     args = parser.parse_args()
 
-    fe = [r for r in load(args.shared / "fe" / "pool.json.gz") if len(r["atoms"]["elements"]) <= MAX_ATOMS]
+    fe = [
+        r
+        for r in load(args.shared / "fe" / "pool.json.gz")
+        if len(r["atoms"]["elements"]) <= MAX_ATOMS
+    ]
     rng = np.random.default_rng(2024)
     picked = sorted(rng.choice(len(fe), size=N_PRETRAIN, replace=False).tolist())
     for folder in ("fe", "ph"):

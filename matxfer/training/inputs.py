@@ -100,8 +100,9 @@ def read_records(
     skip_invalid: bool = False,
 ) -> tuple[list[Record], str, int]:
     """Read a dataset file or directory: (records, source, number skipped)."""
-    return _part(read_dataset(data, format=format, target_key=target_key,
-                              skip_invalid=skip_invalid))
+    return _part(
+        read_dataset(data, format=format, target_key=target_key, skip_invalid=skip_invalid)
+    )
 
 
 def _named_dataset(
@@ -227,13 +228,18 @@ def read_unlabelled(files: Sequence[Path], skip_invalid: bool = False) -> tuple[
             continue
         records.append(Record(path.name, structure, {}, str(path), index))
     if problems and not skip_invalid:
-        raise DataError(f"{len(problems)} of {len(files)} structure files are invalid "
-                        "(--skip-invalid drops them)", problems)
+        raise DataError(
+            f"{len(problems)} of {len(files)} structure files are invalid "
+            "(--skip-invalid drops them)",
+            problems,
+        )
     return records, len(problems)
 
 
 def records_to_predict(
-    data: str | Path, format: str | None = None, target_key: str | None = None,
+    data: str | Path,
+    format: str | None = None,
+    target_key: str | None = None,
     skip_invalid: bool = False,
 ) -> tuple[list[Record], str, int]:
     """Records of ``data`` for prediction: structure files (labels not needed) or a
@@ -290,10 +296,13 @@ def graphs_of(
 
 
 def labelled_graphs(
-    records: Sequence[Record], names: Sequence[str], graph_config: GraphConfig,
+    records: Sequence[Record],
+    names: Sequence[str],
+    graph_config: GraphConfig,
     progress: bool = False,
 ) -> list[CrystalGraph]:
     """Graphs of ``records`` carrying their targets as ``y`` ``[1, P]`` (original units)."""
-    graphs = graphs_of([r.structure for r in records], graph_config, progress,
-                       [r.id for r in records])
+    graphs = graphs_of(
+        [r.structure for r in records], graph_config, progress, [r.id for r in records]
+    )
     return with_targets(graphs, records, names)

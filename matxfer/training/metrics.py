@@ -58,6 +58,4 @@ def metrics_by_target(
     """
     y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
-    return {
-        name: regression_metrics(y_true[:, k], y_pred[:, k]) for k, name in enumerate(names)
-    }
+    return {name: regression_metrics(y_true[:, k], y_pred[:, k]) for k, name in enumerate(names)}

@@ -94,8 +94,12 @@ def predictions_frame(
 
 
 def plot_parity(
-    path: Path, labels: np.ndarray, predictions: np.ndarray, target_names: Sequence[str],
-    metrics: dict[str, dict[str, Any]], title: str = "test set",
+    path: Path,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    target_names: Sequence[str],
+    metrics: dict[str, dict[str, Any]],
+    title: str = "test set",
 ) -> None:
     """Predicted vs true scatter, one panel per target, with R² and MAE in the legend."""
     count = len(target_names)
@@ -106,8 +110,9 @@ def plot_parity(
         labelled = ~np.isnan(labels[:, k])
         true, pred = labels[labelled, k], predictions[labelled, k]
         stats = metrics[name]["original"]
-        axis.scatter(true, pred, s=10, alpha=0.6,
-                     label=f"R² {stats['r2']:.3f}, MAE {stats['mae']:.4g}")
+        axis.scatter(
+            true, pred, s=10, alpha=0.6, label=f"R² {stats['r2']:.3f}, MAE {stats['mae']:.4g}"
+        )
         if len(true):
             low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
             axis.plot([low, high], [low, high], color="grey", linewidth=1)
@@ -121,8 +126,9 @@ def plot_parity(
 
 def csv_log_files(log_dir: Path) -> list[Path]:
     """A run's CSV logs, oldest first: one per interrupted session, then the current one."""
-    earlier = sorted(log_dir.glob("metrics.session-*.csv"),
-                     key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    earlier = sorted(
+        log_dir.glob("metrics.session-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1])
+    )
     current = log_dir / "metrics.csv"
     return earlier + ([current] if current.is_file() else [])
 
@@ -155,8 +161,11 @@ def plot_learning_curve(path: Path, log: pd.DataFrame, best_epoch: int | None) -
     """Training and validation loss and validation MAE against epoch, best epoch marked."""
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
-    for column, label, style in [("train_loss", "train loss", "-"),
-                                 ("val_loss", "val loss", "-"), ("val_mae", "val MAE", "--")]:
+    for column, label, style in [
+        ("train_loss", "train loss", "-"),
+        ("val_loss", "val loss", "-"),
+        ("val_mae", "val MAE", "--"),
+    ]:
         if column in log:
             rows = log.dropna(subset=[column])
             axis.plot(rows["epoch"], rows[column], style, label=label)
@@ -210,15 +219,15 @@ ALIGNN property model trained with matxfer ({date}).
 
 ## Data
 
-- source: {info.get('source')}
-- test set: {info.get('test_source')}
+- source: {info.get("source")}
+- test set: {info.get("test_source")}
 - records: {counts}
-- targets: {', '.join(metrics.get('targets', []))}
-- data hash (sha256 of ids, targets and structures): `{info.get('data_hash')}`
+- targets: {", ".join(metrics.get("targets", []))}
+- data hash (sha256 of ids, targets and structures): `{info.get("data_hash")}`
 
 ## Training
 
-Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_trained')} (lowest validation MAE);
+Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE);
 its weights are `best.ckpt` and produced every number below.
 
 ```yaml
@@ -228,7 +237,7 @@ its weights are `best.ckpt` and produced every number below.
 ## Metrics
 
 "transformed" are the units the model was trained in (target transform
-`{metrics.get('target_transform')}`, fitted on the training split).
+`{metrics.get("target_transform")}`, fitted on the training split).
 
 | split | target | units | n | R² | MAE | RMSE |
 |---|---|---|---|---|---|---|

@@ -56,9 +56,7 @@ def predict_graphs(
     device = device or default_device()
     was_training = model.training
     model.eval().to(device)
-    outputs = [
-        model(batch.to(device)).float().cpu() for batch in graph_loader(graphs, batch_size)
-    ]
+    outputs = [model(batch.to(device)).float().cpu() for batch in graph_loader(graphs, batch_size)]
     model.train(was_training)
     if not outputs:
         return np.zeros((0, 0), dtype=np.float64)
@@ -77,10 +75,10 @@ def split_metrics(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{target: {"original": {...}, "transformed": {...}}}`` from original-unit arrays."""
     original = metrics_by_target(labels, predictions, names)
-    transformed = metrics_by_target(transform.transform(labels), transform.transform(predictions),
-                                    names)
-    return {name: {"original": original[name], "transformed": transformed[name]}
-            for name in names}
+    transformed = metrics_by_target(
+        transform.transform(labels), transform.transform(predictions), names
+    )
+    return {name: {"original": original[name], "transformed": transformed[name]} for name in names}
 
 
 class Predictor:
@@ -100,8 +98,10 @@ class Predictor:
         return self.loaded.target_names
 
     def __repr__(self) -> str:
-        return (f"Predictor(checkpoint={str(self.loaded.path)!r}, "
-                f"targets={self.target_names}, device={self.device})")
+        return (
+            f"Predictor(checkpoint={str(self.loaded.path)!r}, "
+            f"targets={self.target_names}, device={self.device})"
+        )
 
     def predict_graphs(self, graphs: Sequence[CrystalGraph]) -> np.ndarray:
         """Predictions ``[N, P]`` in original units for prebuilt graphs."""
@@ -126,8 +126,12 @@ class Predictor:
 
     def predict_records(self, records: Sequence[Record], progress: bool = False) -> np.ndarray:
         """Predictions ``[N, P]`` in original units for records."""
-        graphs = graphs_of([r.structure for r in records], self.loaded.graph_config, progress,
-                           [r.id for r in records])
+        graphs = graphs_of(
+            [r.structure for r in records],
+            self.loaded.graph_config,
+            progress,
+            [r.id for r in records],
+        )
         return self.predict_graphs(graphs)
 
 

@@ -159,8 +159,14 @@ def _check_same_data(out: Path, info: dict[str, Any], resume: bool) -> None:
 
 
 def _data_spec(
-    data: str | Path, test: str | Path | None, data_dir: str | Path | None, trial: int | None,
-    size: int | None, target_key: str | None, format: str | None, skip_invalid: bool,
+    data: str | Path,
+    test: str | Path | None,
+    data_dir: str | Path | None,
+    trial: int | None,
+    size: int | None,
+    target_key: str | None,
+    format: str | None,
+    skip_invalid: bool,
 ) -> dict[str, Any]:
     """The data options of a run, paths made absolute, to re-resolve its records later."""
 
@@ -170,9 +176,16 @@ def _data_spec(
         full = Path(path).expanduser()
         return str(full.resolve()) if full.exists() else str(path)  # a name, e.g. "fe"
 
-    return {"data": portable(data), "test": portable(test), "data_dir": portable(data_dir),
-            "trial": trial, "size": size, "target_key": target_key, "format": format,
-            "skip_invalid": skip_invalid}
+    return {
+        "data": portable(data),
+        "test": portable(test),
+        "data_dir": portable(data_dir),
+        "trial": trial,
+        "size": size,
+        "target_key": target_key,
+        "format": format,
+        "skip_invalid": skip_invalid,
+    }
 
 
 def build_model(config: TrainConfig, num_outputs: int) -> ALIGNN:
@@ -187,14 +200,23 @@ def make_trainer(
     """Lightning trainer with atomic checkpoints of the best and the last epoch."""
     _quiet_lightning()
     best = ModelCheckpoint(
-        dirpath=out, filename="best", monitor="val_mae", mode="min", save_top_k=1,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=out,
+        filename="best",
+        monitor="val_mae",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     # A separate unmonitored callback: ModelCheckpoint(save_last=True) skips last.ckpt in
     # epochs that do not improve the monitored metric (Lightning 2.6), breaking resume.
     last = ModelCheckpoint(
-        dirpath=out, filename="last", monitor=None, save_top_k=1,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=out,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     stoppers = []
     if config.early_stopping_patience is not None:
@@ -223,14 +245,22 @@ def make_trainer(
 
 
 def _write_outputs(
-    out: Path, module: PropertyModule, splits: Splits, graphs: dict[str, list], config: TrainConfig,
-    info: dict[str, Any], best_epoch: int | None, epochs_trained: int,
+    out: Path,
+    module: PropertyModule,
+    splits: Splits,
+    graphs: dict[str, list],
+    config: TrainConfig,
+    info: dict[str, Any],
+    best_epoch: int | None,
+    epochs_trained: int,
 ) -> dict[str, Any]:
     """Evaluate the best weights on every split and write metrics, predictions and plots."""
     names, transform = splits.target_names, module.transform
     metrics: dict[str, Any] = {
-        "targets": names, "target_transform": transform.kind,
-        "best_epoch": best_epoch, "epochs_trained": epochs_trained,
+        "targets": names,
+        "target_transform": transform.kind,
+        "best_epoch": best_epoch,
+        "epochs_trained": epochs_trained,
     }
     outputs: dict[str, Any] = {}
     for split, records in splits.parts().items():
@@ -310,16 +340,20 @@ def train(
     if isinstance(data, Splits):
         splits = data
     else:
-        splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
-                                skip_invalid)
+        splits = prepare_splits(
+            data, config, test, data_dir, trial, size, target_key, format, skip_invalid
+        )
     info = {
-        "source": splits.source, "test_source": splits.test_source, "counts": splits.counts,
+        "source": splits.source,
+        "test_source": splits.test_source,
+        "counts": splits.counts,
         "skipped": splits.skipped,
         "data_hash": data_hash(splits.train + splits.val + splits.test),
         "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
         # Lets fine-tuning re-resolve the records this run trained on (leakage audit).
-        "data_spec": None if isinstance(data, Splits) else _data_spec(
-            data, test, data_dir, trial, size, target_key, format, skip_invalid),
+        "data_spec": None
+        if isinstance(data, Splits)
+        else _data_spec(data, test, data_dir, trial, size, target_key, format, skip_invalid),
     }
     _check_same_data(out, info, resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,22 +373,38 @@ def train(
     else:
         pl.seed_everything(config.seed, workers=True, verbose=False)
     module = PropertyModule(
-        model, transform, splits.target_names, config.graph, loss=config.loss,
-        huber_delta=config.huber_delta, lr=config.lr, weight_decay=config.weight_decay,
-        scheduler=config.scheduler, pct_start=config.pct_start, param_groups=param_groups,
+        model,
+        transform,
+        splits.target_names,
+        config.graph,
+        loss=config.loss,
+        huber_delta=config.huber_delta,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        scheduler=config.scheduler,
+        pct_start=config.pct_start,
+        param_groups=param_groups,
     )
-    datamodule = GraphDataModule(graphs["train"], graphs["val"], graphs["test"],
-                                 config.batch_size, config.seed, config.num_workers)
+    datamodule = GraphDataModule(
+        graphs["train"],
+        graphs["val"],
+        graphs["test"],
+        config.batch_size,
+        config.seed,
+        config.num_workers,
+    )
     with warnings.catch_warnings():
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
         trainer = make_trainer(out, config, progress, callbacks)
-        trainer.fit(module, datamodule=datamodule,
-                    ckpt_path=out / LAST_CHECKPOINT if resume else None)
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=out / LAST_CHECKPOINT if resume else None
+        )
         best = read_checkpoint(out / BEST_CHECKPOINT)
         module.load_state_dict(best["state_dict"], strict=True)
         if graphs["test"]:
             trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = _write_outputs(out, module, splits, graphs, config, info, best.get("epoch"),
-                             trainer.current_epoch)
+    metrics = _write_outputs(
+        out, module, splits, graphs, config, info, best.get("epoch"), trainer.current_epoch
+    )
     return TrainResult(out, out / BEST_CHECKPOINT, metrics, config)

@@ -36,7 +36,13 @@ from matxfer.data.records import Record
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.graphs.config import GraphConfig
 from matxfer.models.mlp import MLPHead
-from matxfer.training.checkpoint import LoadedModel, load_model, resolve_checkpoint
+from matxfer.training.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LoadedModel,
+    load_model,
+    resolve_checkpoint,
+)
 from matxfer.training.config import ModelSettings, TrainConfig
 from matxfer.training.inputs import Splits, prepare_splits
 from matxfer.training.outputs import write_json
@@ -93,8 +99,9 @@ def select_outputs(head: MLPHead, columns: Sequence[int]) -> MLPHead:
 
     Used to reuse one property's output of a multi-property (MPT) head.
     """
-    selected = MLPHead(head.in_features, len(columns), head.hidden_layers,
-                       head.hidden_features, head.norm_kind)
+    selected = MLPHead(
+        head.in_features, len(columns), head.hidden_layers, head.hidden_features, head.norm_kind
+    )
     state = head.state_dict()
     for name in ("out.weight", "out.bias"):
         state[name] = state[name][list(columns)].clone()
@@ -201,7 +208,9 @@ def _optimizer_groups(
 
 
 def _audit(
-    pretrained: Path, splits: Splits, pretrain_data: str | Path | Sequence[Record] | None,
+    pretrained: Path,
+    splits: Splits,
+    pretrain_data: str | Path | Sequence[Record] | None,
     data_dir: str | Path | None,
 ) -> tuple[LeakageReport | None, PretrainingData | None]:
     pt = pretraining_records(pretrained, pretrain_data, data_dir)
@@ -210,20 +219,31 @@ def _audit(
     return audit_leakage(pt.records, splits.train + splits.val, splits.test), pt
 
 
-def _leakage_entry(report: LeakageReport | None, pt: PretrainingData | None,
-                   audit: bool) -> dict[str, Any]:
+def _leakage_entry(
+    report: LeakageReport | None, pt: PretrainingData | None, audit: bool
+) -> dict[str, Any]:
     if report is None or pt is None:
-        why = ("not requested" if not audit else "the pre-training data are unknown (a bare "
-               "checkpoint or a multi-property run): pass --pretrain-data")
+        why = (
+            "not requested"
+            if not audit
+            else "the pre-training data are unknown (a bare "
+            "checkpoint or a multi-property run): pass --pretrain-data"
+        )
         return {"audited": False, "reason": why}
-    return {"audited": True, "summary": str(report), "pretraining_data": pt.to_dict(),
-            **report.to_dict()}
+    return {
+        "audited": True,
+        "summary": str(report),
+        "pretraining_data": pt.to_dict(),
+        **report.to_dict(),
+    }
 
 
 def _model_card_section(record: dict[str, Any]) -> str:
     pt, leakage = record["pretrained"], record["leakage"]
     lines = [
-        "", "## Transfer", "",
+        "",
+        "## Transfer",
+        "",
         f"- fine-tuned from `{pt['checkpoint']}` (sha256 `{pt['sha256']}`), "
         f"pre-trained on {pt['target_names']}",
         f"- strategy: {record['strategy']}; head: {record['head']}"
@@ -231,13 +251,14 @@ def _model_card_section(record: dict[str, Any]) -> str:
         f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}",
         f"- trainable parameters: {record['freeze']['num_trainable']:,}, "
         f"frozen: {record['freeze']['num_frozen']:,}",
-        "- leakage: " + (leakage["summary"] if leakage["audited"] else
-                         f"not audited ({leakage['reason']})"),
+        "- leakage: "
+        + (leakage["summary"] if leakage["audited"] else f"not audited ({leakage['reason']})"),
     ]
     if record["excluded_pretraining"]:
         count = record["excluded_pretraining"]["num_excluded"]
-        lines.append(f"- pre-training repeated without {count} crystals of the fine-tuning "
-                     "test set")
+        lines.append(
+            f"- pre-training repeated without {count} crystals of the fine-tuning test set"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -312,20 +333,31 @@ def finetune(
     spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
     if head not in HEAD_MODES:  # checked again later; here before any data is read
         raise ConfigError(f"unknown head mode {head!r}; choose one of {list(HEAD_MODES)}")
-    multipliers = (parse_lr_multipliers(lr_multipliers) if isinstance(lr_multipliers, str)
-                   else dict(lr_multipliers or {}))
+    multipliers = (
+        parse_lr_multipliers(lr_multipliers)
+        if isinstance(lr_multipliers, str)
+        else dict(lr_multipliers or {})
+    )
     config = config or TrainConfig(profile="paper")
     out = Path(out)
+    if not resume and any((out / name).is_file() for name in (BEST_CHECKPOINT, LAST_CHECKPOINT)):
+        raise MatxferError(
+            f"{out} already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )  # before the audit and any pre-training
     checkpoint = resolve_checkpoint(pretrained)
-    splits = prepare_splits(data, config, test, data_dir, trial, size, target_key, format,
-                            skip_invalid)
+    splits = prepare_splits(
+        data, config, test, data_dir, trial, size, target_key, format, skip_invalid
+    )
     excluded = None
     if exclude_test_structures:
-        excluded = pretrain_excluding(checkpoint, splits.test, out / EXCLUDED_PRETRAINING_DIR,
-                                      progress=progress)
+        excluded = pretrain_excluding(
+            checkpoint, splits.test, out / EXCLUDED_PRETRAINING_DIR, progress=progress
+        )
         checkpoint = excluded.checkpoint
-    prepared = load_for_finetuning(checkpoint, len(splits.target_names), spec, head,
-                                   extra_layers, config.seed, head_outputs)
+    prepared = load_for_finetuning(
+        checkpoint, len(splits.target_names), spec, head, extra_layers, config.seed, head_outputs
+    )
     ft_config = finetune_config(config, prepared)
     report, pt_data = None, None
     if audit:
@@ -334,9 +366,20 @@ def finetune(
         # Frozen normalisation layers are in eval mode on purpose (running statistics kept).
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         result = train(
-            data, out, test, ft_config, data_dir=data_dir, trial=trial, size=size,
-            target_key=target_key, format=format, skip_invalid=skip_invalid, resume=resume,
-            progress=progress, callbacks=callbacks, model=prepared.model,
+            data,
+            out,
+            test,
+            ft_config,
+            data_dir=data_dir,
+            trial=trial,
+            size=size,
+            target_key=target_key,
+            format=format,
+            skip_invalid=skip_invalid,
+            resume=resume,
+            progress=progress,
+            callbacks=callbacks,
+            model=prepared.model,
             param_groups=_optimizer_groups(multipliers),
         )
     record = {
@@ -363,9 +406,13 @@ def finetune(
             "frozen": prepared.freeze.frozen,
             "frozen_norms": prepared.freeze.frozen_norms,
         },
-        "excluded_pretraining": None if excluded is None else {
-            "run_dir": str(excluded.run_dir.resolve()), "reused": excluded.reused,
-            "num_excluded": len(excluded.excluded), "excluded": excluded.excluded,
+        "excluded_pretraining": None
+        if excluded is None
+        else {
+            "run_dir": str(excluded.run_dir.resolve()),
+            "reused": excluded.reused,
+            "num_excluded": len(excluded.excluded),
+            "excluded": excluded.excluded,
         },
         "leakage": _leakage_entry(report, pt_data, audit),
     }

@@ -132,8 +132,12 @@ class PretrainData:
             "exclude_test_structures": self.exclude_test_structures,
             "properties": {
                 name: {
-                    "source": p.source, "test_source": p.test_source, "pool": len(p.pool),
-                    "available": p.available, "test": len(p.test), "skipped": p.skipped,
+                    "source": p.source,
+                    "test_source": p.test_source,
+                    "pool": len(p.pool),
+                    "available": p.available,
+                    "test": len(p.test),
+                    "skipped": p.skipped,
                     "removed_test_structures": p.removed_test_structures,
                 }
                 for name, p in self.properties.items()
@@ -200,8 +204,15 @@ def _load_property(
     splits = prepare_splits(data, config, data_dir=data_dir)
     # prepare_splits also splits train/val; MPT validates on the merged set instead.
     pool = sorted(splits.train + splits.val, key=lambda r: r.index)
-    return PropertyData(name, splits.source, splits.test_source, pool, splits.test,
-                        available=len(pool), skipped=splits.skipped)
+    return PropertyData(
+        name,
+        splits.source,
+        splits.test_source,
+        pool,
+        splits.test,
+        available=len(pool),
+        skipped=splits.skipped,
+    )
 
 
 def _target_names(merged: Sequence[Record], order: Sequence[str]) -> list[str]:
@@ -245,8 +256,7 @@ def prepare_pretraining(
     included = [name for name in datasets if name not in excluded]
     if not included:
         raise ConfigError("every dataset is excluded; nothing is left to pre-train on")
-    properties = {name: _load_property(name, datasets[name], config, data_dir)
-                  for name in included}
+    properties = {name: _load_property(name, datasets[name], config, data_dir) for name in included}
 
     if exclude_test_structures:
         tests = [r for p in properties.values() for r in p.test]
@@ -265,8 +275,7 @@ def prepare_pretraining(
     merged, report = merge_datasets({name: p.pool for name, p in properties.items()}, match)
     # Merging one dataset only renames its labels and prefixes its ids ("ph:mp-1"), so the
     # test records of different properties stay distinct and carry their property's label.
-    test = [r for name, p in properties.items()
-            for r in merge_datasets({name: p.test}, match)[0]]
+    test = [r for name, p in properties.items() for r in merge_datasets({name: p.test}, match)[0]]
     train_records, val_records = train_val_split(merged, config.val_fraction, seed=config.seed)
     names = _target_names(merged, included)
     unlabelled = [n for n in names if not any(n in r.targets for r in train_records)]
@@ -276,15 +285,20 @@ def prepare_pretraining(
             "use more records (--size) for these properties"
         )
     splits = Splits(
-        train_records, val_records, test, names,
+        train_records,
+        val_records,
+        test,
+        names,
         source="merged " + "; ".join(f"{n}: {p.source}" for n, p in properties.items()),
         test_source="; ".join(f"{n}: {p.test_source}" for n, p in properties.items()),
         skipped=sum(p.skipped for p in properties.values()),
     )
     spec = {
-        "datasets": {name: str(data) for name, data in datasets.items()}, "exclude": excluded,
+        "datasets": {name: str(data) for name, data in datasets.items()},
+        "exclude": excluded,
         "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
-        "size": size, "exclude_test_structures": exclude_test_structures,
+        "size": size,
+        "exclude_test_structures": exclude_test_structures,
     }
     return PretrainData(splits, report, properties, excluded, exclude_test_structures, spec)
 
@@ -307,17 +321,23 @@ def recorded_pretraining(run_dir: str | Path) -> tuple[PretrainData, bool | None
         spec = json.loads((run_dir / MERGE_REPORT_FILE).read_text())["spec"]
         info = json.loads((run_dir / RUN_INFO_FILE).read_text())
     except (OSError, ValueError, KeyError) as error:
-        raise MatxferError(
-            f"{run_dir}: not a multi-property pre-training run ({error})"
-        ) from None
+        raise MatxferError(f"{run_dir}: not a multi-property pre-training run ({error})") from None
     config = load_config(run_dir / CONFIG_FILE)
-    data = prepare_pretraining(spec["datasets"], config, spec["exclude"], spec["data_dir"],
-                               spec["size"], spec["exclude_test_structures"])
+    data = prepare_pretraining(
+        spec["datasets"],
+        config,
+        spec["exclude"],
+        spec["data_dir"],
+        spec["size"],
+        spec["exclude_test_structures"],
+    )
     saved = info.get("split_hashes", {})
     if not saved:
         return data, None
-    return data, (saved.get("train") == data_hash(data.splits.train)
-                  and saved.get("val") == data_hash(data.splits.val))
+    return data, (
+        saved.get("train") == data_hash(data.splits.train)
+        and saved.get("val") == data_hash(data.splits.val)
+    )
 
 
 def pretrain_multi(
@@ -370,25 +390,31 @@ def pretrain_multi(
         config = TrainConfig.model_validate({**config.model_dump(), **changes})
     out = Path(out)
     _check_run_dir(out, config, resume)  # before the merge, which can take minutes
-    data = prepare_pretraining(datasets, config, exclude, data_dir, size,
-                               exclude_test_structures)
+    data = prepare_pretraining(datasets, config, exclude, data_dir, size, exclude_test_structures)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MERGE_REPORT_FILE, data.to_dict())
     if on_merged is not None:
         on_merged(data)
-    return train(data.splits, out, config=config, progress=progress, resume=resume,
-                 callbacks=callbacks)
+    return train(
+        data.splits, out, config=config, progress=progress, resume=resume, callbacks=callbacks
+    )
 
 
 def merge_tables(data: PretrainData) -> list[Table | str]:
     """What to print about the merge: records per property, crystals shared per pair,
     and a one-line summary."""
     names = list(data.properties)
-    per_property = Table("property", "used", "of pool", "test", "test crystals removed",
-                         title="pre-training data")
+    per_property = Table(
+        "property", "used", "of pool", "test", "test crystals removed", title="pre-training data"
+    )
     for name, prop in data.properties.items():
-        per_property.add_row(name, str(len(prop.pool)), str(prop.available),
-                             str(len(prop.test)), str(prop.removed_test_structures))
+        per_property.add_row(
+            name,
+            str(len(prop.pool)),
+            str(prop.available),
+            str(len(prop.test)),
+            str(prop.removed_test_structures),
+        )
     report = data.merge
     shared = Table("", *names, title="shared crystals")
     for a in names:
@@ -399,7 +425,9 @@ def merge_tables(data: PretrainData) -> list[Table | str]:
             else:
                 cells.append(str(report.overlaps.get((a, b), report.overlaps.get((b, a), 0))))
         shared.add_row(a, *cells)
-    summary = (f"{report.input_total} records merged into {report.merged_total} "
-               f"({report.seconds:.1f} s): {data.splits.counts['train']} train, "
-               f"{data.splits.counts['val']} validation; excluded: {data.excluded or 'none'}")
+    summary = (
+        f"{report.input_total} records merged into {report.merged_total} "
+        f"({report.seconds:.1f} s): {data.splits.counts['train']} train, "
+        f"{data.splits.counts['val']} validation; excluded: {data.excluded or 'none'}"
+    )
     return [per_property, shared, summary] if len(names) > 1 else [per_property, summary]

@@ -72,8 +72,12 @@ class PretrainingData:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no records)."""
-        return {"description": self.description, "records": len(self.records),
-                "spec": self.spec, "verified": self.verified}
+        return {
+            "description": self.description,
+            "records": len(self.records),
+            "spec": self.spec,
+            "verified": self.verified,
+        }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,11 +101,26 @@ def run_config(run_dir: Path) -> TrainConfig:
     return load_config(path)
 
 
-def resolve_spec(spec: dict[str, Any], config: TrainConfig, size: int | None = -1) -> Splits:
-    """Splits of a stored data spec under ``config`` (``size=-1`` keeps the spec's size)."""
+def resolve_spec(spec: dict[str, Any], config: TrainConfig, whole_pool: bool = False) -> Splits:
+    """Splits of a stored data spec under ``config``.
+
+    Args:
+        spec: The data options (``run_info.json``'s ``data_spec``).
+        config: Supplies seed, sampling and split fractions.
+        whole_pool: Ignore the spec's sample ``size`` (a trial subset is kept).
+    """
+    size = spec.get("size")
+    if whole_pool and spec.get("trial") is None:
+        size = None
     return prepare_splits(
-        spec["data"], config, spec.get("test"), spec.get("data_dir"), spec.get("trial"),
-        spec.get("size") if size == -1 else size, spec.get("target_key"), spec.get("format"),
+        spec["data"],
+        config,
+        spec.get("test"),
+        spec.get("data_dir"),
+        spec.get("trial"),
+        size,
+        spec.get("target_key"),
+        spec.get("format"),
         bool(spec.get("skip_invalid", False)),
     )
 
@@ -132,10 +151,14 @@ def _recorded_splits(run_dir: Path) -> tuple[list[Record], list[Record], str, di
         splits = resolve_spec(spec, config)
         return splits.train, splits.val, splits.source, spec
     exclusion = _read_json(run_dir / EXCLUSION_FILE)
-    full = resolve_spec(exclusion["spec"], config, size=None)
+    full = resolve_spec(exclusion["spec"], config, whole_pool=True)
     pool = full.train + full.val
-    return (_records_by_id(pool, exclusion["train_ids"]),
-            _records_by_id(pool, exclusion["val_ids"]), exclusion["source"], exclusion["spec"])
+    return (
+        _records_by_id(pool, exclusion["train_ids"]),
+        _records_by_id(pool, exclusion["val_ids"]),
+        exclusion["source"],
+        exclusion["spec"],
+    )
 
 
 def pretraining_records(
@@ -210,7 +233,7 @@ def excluded_splits(
     Returns:
         The splits and the ids of the pool records removed.
     """
-    full = resolve_spec(spec, config, size=None)
+    full = resolve_spec(spec, config, whole_pool=True)
     pool = sorted(full.train + full.val, key=lambda r: r.index)
     kept = exclude_structures(pool, exclude, settings)
     kept_ids = {r.id for r in kept}
@@ -221,8 +244,9 @@ def excluded_splits(
         kept = sample(kept, size, config.sampling, seed=config.seed)
         source += f" ({config.sampling} sample of {size}, seed {config.seed})"
     train, val = train_val_split(kept, config.val_fraction, seed=config.seed)
-    return Splits(train, val, full.test, full.target_names, source, full.test_source,
-                  full.skipped), removed
+    return Splits(
+        train, val, full.test, full.target_names, source, full.test_source, full.skipped
+    ), removed
 
 
 def pretrain_excluding(
@@ -275,10 +299,17 @@ def pretrain_excluding(
     resume = (out / "last.ckpt").is_file()
     out.mkdir(parents=True, exist_ok=True)
     # Written first, so that even an interrupted run can be audited (pretraining_records).
-    write_json(out / EXCLUSION_FILE, {
-        "original_run": str(run_dir.resolve()), "spec": spec, "source": splits.source,
-        "num_excluded": len(removed), "excluded": removed,
-        "train_ids": [r.id for r in splits.train], "val_ids": [r.id for r in splits.val],
-    })
+    write_json(
+        out / EXCLUSION_FILE,
+        {
+            "original_run": str(run_dir.resolve()),
+            "spec": spec,
+            "source": splits.source,
+            "num_excluded": len(removed),
+            "excluded": removed,
+            "train_ids": [r.id for r in splits.train],
+            "val_ids": [r.id for r in splits.val],
+        },
+    )
     train(splits, out, config=config, progress=progress, resume=resume)
     return ExcludedPretraining(out, out / BEST_CHECKPOINT, removed)

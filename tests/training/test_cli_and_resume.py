@@ -35,7 +35,10 @@ train(sys.argv[1], sys.argv[2], config=load_config(sys.argv[3]), progress=False,
 def matxfer(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "matxfer.cli", *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -45,7 +48,10 @@ def test_resume_after_kill_reaches_the_uninterrupted_result(
     out = tmp_path / "run"
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(tiny_data), str(out), str(tiny_config_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_model(out / "last.ckpt").epoch == 1
@@ -65,20 +71,36 @@ def run_main(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> int:
     return int(stop.value.code or 0)
 
 
-def test_cli_evaluate_and_predict(trained_run: TrainResult, tiny_data: Path, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_main(monkeypatch, "evaluate", trained_run.run_dir, tiny_data,
-                    "--out", tmp_path / "e.json") == 0
+def test_cli_evaluate_and_predict(
+    trained_run: TrainResult,
+    tiny_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        run_main(
+            monkeypatch, "evaluate", trained_run.run_dir, tiny_data, "--out", tmp_path / "e.json"
+        )
+        == 0
+    )
     assert "R²" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 36
-    assert run_main(monkeypatch, "predict", trained_run.best_checkpoint, tiny_data,
-                    "--out", tmp_path / "p.csv") == 0
+    assert (
+        run_main(
+            monkeypatch,
+            "predict",
+            trained_run.best_checkpoint,
+            tiny_data,
+            "--out",
+            tmp_path / "p.csv",
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "p.csv")) == 36
 
 
-def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path,
-                                                         tmp_path: Path) -> None:
+def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path, tmp_path: Path) -> None:
     result = matxfer("train", tmp_path / "missing.json", "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -96,8 +118,13 @@ def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path,
     ],
 )
 def test_cli_errors_name_the_problem(
-    make_args, message: str, tiny_data: Path, tiny_config_file: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    make_args,
+    message: str,
+    tiny_data: Path,
+    tiny_config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert run_main(monkeypatch, *make_args(tiny_data, tiny_config_file, tmp_path)) == 2
     error = capsys.readouterr().err

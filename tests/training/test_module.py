@@ -21,8 +21,15 @@ from matxfer.training.module import PropertyModule, resolve_loss
 
 def tiny_module(records: list[Record], names: list[str]) -> PropertyModule:
     torch.manual_seed(0)
-    model = ALIGNN(num_outputs=len(names), alignn_layers=1, gcn_layers=1, hidden_features=8,
-                   embedding_features=8, edge_input_features=8, triplet_input_features=4)
+    model = ALIGNN(
+        num_outputs=len(names),
+        alignn_layers=1,
+        gcn_layers=1,
+        hidden_features=8,
+        embedding_features=8,
+        edge_input_features=8,
+        triplet_input_features=4,
+    )
     values = torch.tensor([[r.targets.get(n, math.nan) for n in names] for r in records])
     transform = TargetTransform("standardize", len(names)).fit(values)
     return PropertyModule(model, transform, names, GraphConfig(), loss="l1")
@@ -51,8 +58,9 @@ def test_step_masks_missing_labels_and_works_in_transformed_units() -> None:
         Record(str(i), s, {"a": smooth_target(s), **({"b": float(i)} if i % 2 else {})})
         for i, s in enumerate(structures)
     ]
-    graphs = with_targets(build_graphs(structures, GraphConfig(), progress=False), records,
-                          ["a", "b"])
+    graphs = with_targets(
+        build_graphs(structures, GraphConfig(), progress=False), records, ["a", "b"]
+    )
     assert torch.isnan(graphs[0].y[0, 1]) and graphs[1].y[0, 1] == 1.0
     module = tiny_module(records, ["a", "b"])
     batch = Batch.from_data_list(graphs)
@@ -70,7 +78,8 @@ def test_step_masks_missing_labels_and_works_in_transformed_units() -> None:
 def test_loader_keeps_order_without_seed() -> None:
     structures = synthetic_structures(5)
     records = [Record(str(i), s, {"target": float(i)}) for i, s in enumerate(structures)]
-    graphs = with_targets(build_graphs(structures, GraphConfig(), progress=False), records,
-                          ["target"])
+    graphs = with_targets(
+        build_graphs(structures, GraphConfig(), progress=False), records, ["target"]
+    )
     labels = torch.cat([b.y for b in graph_loader(graphs, batch_size=2)])
     assert labels.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

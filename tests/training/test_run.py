@@ -28,8 +28,17 @@ from matxfer.training import (
 )
 from matxfer.training.outputs import epoch_log
 
-RUN_FILES = ["best.ckpt", "last.ckpt", "config.yaml", "metrics.json", "predictions_test.csv",
-             "parity.png", "learning_curve.png", "MODEL_CARD.md", "logs/csv/metrics.csv"]
+RUN_FILES = [
+    "best.ckpt",
+    "last.ckpt",
+    "config.yaml",
+    "metrics.json",
+    "predictions_test.csv",
+    "parity.png",
+    "learning_curve.png",
+    "MODEL_CARD.md",
+    "logs/csv/metrics.csv",
+]
 
 
 def test_run_directory_holds_every_output(trained_run: TrainResult) -> None:
@@ -74,8 +83,9 @@ def test_reported_numbers_come_from_the_best_weights_in_original_units(
     assert mae == pytest.approx(np.abs(frame["prediction"] - frame["target"]).mean())
 
 
-def test_predictor_takes_ase_atoms_like_structures(trained_run: TrainResult,
-                                                   tiny_data: Path) -> None:
+def test_predictor_takes_ase_atoms_like_structures(
+    trained_run: TrainResult, tiny_data: Path
+) -> None:
     structures = [r.structure for r in read_dataset(tiny_data).records[:5]]
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
     predictor = load_predictor(trained_run.run_dir, device="cpu")
@@ -83,8 +93,9 @@ def test_predictor_takes_ase_atoms_like_structures(trained_run: TrainResult,
     assert predictor.predict(structures[0]).shape == (1, 1)
 
 
-def test_evaluate_and_predict_write_files(trained_run: TrainResult, tiny_data: Path,
-                                          tmp_path: Path) -> None:
+def test_evaluate_and_predict_write_files(
+    trained_run: TrainResult, tiny_data: Path, tmp_path: Path
+) -> None:
     result = evaluate(trained_run.run_dir, tiny_data)
     assert Path(result["output"]) == trained_run.run_dir / "eval_tiny.json"
     saved = json.loads(Path(result["output"]).read_text())
@@ -94,8 +105,7 @@ def test_evaluate_and_predict_write_files(trained_run: TrainResult, tiny_data: P
     assert set(frame.columns) == {"id", "target", "prediction"}
 
 
-def test_predict_reads_unlabelled_structure_files(trained_run: TrainResult,
-                                                  tmp_path: Path) -> None:
+def test_predict_reads_unlabelled_structure_files(trained_run: TrainResult, tmp_path: Path) -> None:
     structures = synthetic_structures(3, seed=7)
     for index, structure in enumerate(structures):
         structure.to(filename=str(tmp_path / f"s{index}.cif"))
@@ -106,8 +116,9 @@ def test_predict_reads_unlabelled_structure_files(trained_run: TrainResult,
     assert np.allclose(frame["prediction"], expected, atol=1e-4)
 
 
-def test_same_seed_gives_identical_metrics(trained_run: TrainResult, tiny_data: Path,
-                                           tmp_path: Path) -> None:
+def test_same_seed_gives_identical_metrics(
+    trained_run: TrainResult, tiny_data: Path, tmp_path: Path
+) -> None:
     again = train(tiny_data, tmp_path / "again", config=tiny_config(), progress=False)
     assert again.metrics == trained_run.metrics
 
@@ -116,12 +127,18 @@ def test_existing_run_is_not_overwritten(trained_run: TrainResult, tiny_data: Pa
     with pytest.raises(MatxferError, match="already holds a training run"):
         train(tiny_data, trained_run.run_dir, config=tiny_config(), progress=False)
     with pytest.raises(ConfigError, match="epochs"):
-        train(tiny_data, trained_run.run_dir, config=tiny_config(epochs=9), resume=True,
-              progress=False)
+        train(
+            tiny_data,
+            trained_run.run_dir,
+            config=tiny_config(epochs=9),
+            resume=True,
+            progress=False,
+        )
 
 
-def test_missing_or_corrupted_checkpoints_are_clear_errors(trained_run: TrainResult,
-                                                           tmp_path: Path) -> None:
+def test_missing_or_corrupted_checkpoints_are_clear_errors(
+    trained_run: TrainResult, tmp_path: Path
+) -> None:
     with pytest.raises(MatxferError, match="no such run directory"):
         load_predictor(tmp_path / "nowhere")
     with pytest.raises(MatxferError, match=r"holds no best\.ckpt"):
@@ -132,11 +149,17 @@ def test_missing_or_corrupted_checkpoints_are_clear_errors(trained_run: TrainRes
         load_model(broken)
 
 
-def test_lean_checkpoint_rebuilds_the_model_strictly(trained_run: TrainResult,
-                                                     tmp_path: Path) -> None:
+def test_lean_checkpoint_rebuilds_the_model_strictly(
+    trained_run: TrainResult, tmp_path: Path
+) -> None:
     loaded = load_model(trained_run.run_dir)
-    path = save_model(tmp_path / "model.ckpt", loaded.model, loaded.transform,
-                      loaded.graph_config, loaded.target_names)
+    path = save_model(
+        tmp_path / "model.ckpt",
+        loaded.model,
+        loaded.transform,
+        loaded.graph_config,
+        loaded.target_names,
+    )
     rebuilt = load_model(path)
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, rebuilt.model.state_dict()[key]), key
@@ -155,8 +178,9 @@ def test_resume_refuses_a_directory_without_a_run(tiny_data: Path, tmp_path: Pat
         train(tiny_data, tmp_path, config=tiny_config(), resume=True, progress=False)
 
 
-def test_a_supplied_model_trains_with_its_own_parameter_groups(tiny_data: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_supplied_model_trains_with_its_own_parameter_groups(
+    tiny_data: Path, tmp_path: Path
+) -> None:
     config = tiny_config(epochs=1)
     model = ALIGNN(num_outputs=1, **config.model.model_dump())
     for parameter in model.atom_embedding.parameters():
@@ -168,18 +192,22 @@ def test_a_supplied_model_trains_with_its_own_parameter_groups(tiny_data: Path,
     def groups(module: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
         seen.append(lr)
         head = list(module.head.parameters())
-        rest = [p for n, p in module.named_parameters()
-                if p.requires_grad and not n.startswith("head.")]
+        rest = [
+            p for n, p in module.named_parameters() if p.requires_grad and not n.startswith("head.")
+        ]
         return [{"params": rest, "lr": lr}, {"params": head, "lr": 10 * lr}]
 
-    result = train(tiny_data, tmp_path / "run", config=config, progress=False, model=model,
-                   param_groups=groups)
+    result = train(
+        tiny_data, tmp_path / "run", config=config, progress=False, model=model, param_groups=groups
+    )
     assert seen == [config.lr]
     trained = load_model(result.run_dir)
     for key, value in frozen.items():
         assert torch.equal(trained.model.atom_embedding.state_dict()[key], value), key
-    assert any(not torch.equal(a, b) for a, b in
-               zip(head_before, trained.model.head.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(head_before, trained.model.head.parameters(), strict=True)
+    )
 
 
 def test_resume_refuses_corrupted_checkpoints_and_other_data(

@@ -61,10 +61,17 @@ def tiny_config(**overrides: object) -> TrainConfig:
     """1 + 1 layers, width 16, a few epochs: seconds on a CPU."""
     values: dict = {
         "model": {
-            "alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16,
-            "embedding_features": 16, "edge_input_features": 16, "triplet_input_features": 8,
+            "alignn_layers": 1,
+            "gcn_layers": 1,
+            "hidden_features": 16,
+            "embedding_features": 16,
+            "edge_input_features": 16,
+            "triplet_input_features": 8,
         },
-        "epochs": 3, "batch_size": 8, "early_stopping_patience": None, "lr": 3e-3,
+        "epochs": 3,
+        "batch_size": 8,
+        "early_stopping_patience": None,
+        "lr": 3e-3,
         "target_transform": "standardize",
     }
     values.update(overrides)

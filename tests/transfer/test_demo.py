@@ -1,4 +1,4 @@
-"""``matxfer demo``: a quick smoke run (outputs, caching), option errors, and the real demo (slow)."""
+"""``matxfer demo``: a quick smoke run (outputs, caching), bad options, the real demo (slow)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,22 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quick_demo(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> DemoResult:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MATXFER_CACHE", str(cache))
-        return run_demo(tmp_path_factory.mktemp("demo") / "out", (100,), quick=True,
-                        progress=False, echo=lambda line: None)
+        return run_demo(
+            tmp_path_factory.mktemp("demo") / "out",
+            (100,),
+            quick=True,
+            progress=False,
+            echo=lambda line: None,
+        )
 
 
 def test_quick_demo_writes_results_table_and_plots(quick_demo: DemoResult) -> None:
     out = quick_demo.out
     frame = pd.read_csv(quick_demo.csv)
     assert list(zip(frame["size"], frame["model"], strict=True)) == [
-        (100, "scratch"), (100, "finetuned")]
+        (100, "scratch"),
+        (100, "finetuned"),
+    ]
     assert (frame["n_test"] == 127).all() and (frame["n_train"] == 90).all()
     summary = json.loads(quick_demo.json.read_text())
     r2 = dict(zip(frame["model"], frame["r2"], strict=True))
@@ -69,7 +76,10 @@ def test_sizes_are_parsed_or_refused() -> None:
 def test_cli_bad_sizes_fail_cleanly(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "matxfer.cli", "demo", "--out", str(tmp_path), "--sizes", "x"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "--sizes 'x'" in done.stderr and "Traceback" not in done.stderr

@@ -100,8 +100,11 @@ def unique_structures() -> Iterator[Structure]:
     for first, second in itertools.combinations(ELEMENTS, 2):
         yield Structure(Lattice.cubic(3.4), [first, second], [[0, 0, 0], [0.5, 0.5, 0.5]])
     for first, second in itertools.permutations(ELEMENTS, 2):
-        yield Structure(Lattice.tetragonal(3.3, 5.0), [first, first, second],
-                        [[0, 0, 0], [0.5, 0.5, 0.33], [0, 0, 0.6]])
+        yield Structure(
+            Lattice.tetragonal(3.3, 5.0),
+            [first, first, second],
+            [[0, 0, 0], [0.5, 0.5, 0.33], [0, 0, 0.6]],
+        )
 
 
 def write_dataset(path: Path, structures: list[Structure], scale: float) -> Path:
@@ -109,11 +112,18 @@ def write_dataset(path: Path, structures: list[Structure], scale: float) -> Path
     items = []
     for index, s in enumerate(structures):
         target = scale * (sum(site.specie.Z for site in s) / len(s) / 10 + s.volume / len(s) / 20)
-        items.append({
-            "jid": f"{path.stem}-{index}", "target": target,
-            "atoms": {"lattice_mat": s.lattice.matrix.tolist(), "coords": s.frac_coords.tolist(),
-                      "elements": [site.specie.symbol for site in s], "cartesian": False},
-        })
+        items.append(
+            {
+                "jid": f"{path.stem}-{index}",
+                "target": target,
+                "atoms": {
+                    "lattice_mat": s.lattice.matrix.tolist(),
+                    "coords": s.frac_coords.tolist(),
+                    "elements": [site.specie.symbol for site in s],
+                    "cartesian": False,
+                },
+            }
+        )
     path.write_text(json.dumps(items))
     return path
 
@@ -142,42 +152,67 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def tiny(epochs: int = 2, norm: str = "batch") -> object:
-    return resolve_config("fast", {
-        "model": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16,
-                  "embedding_features": 16, "edge_input_features": 16,
-                  "triplet_input_features": 8, "norm": norm},
-        "graph": {"cutoff": 6.0, "max_neighbors": 8},
-        "epochs": epochs, "batch_size": 8, "early_stopping_patience": None, "lr": 3e-3,
-        "target_transform": "standardize",
-    })
+    return resolve_config(
+        "fast",
+        {
+            "model": {
+                "alignn_layers": 1,
+                "gcn_layers": 1,
+                "hidden_features": 16,
+                "embedding_features": 16,
+                "edge_input_features": 16,
+                "triplet_input_features": 8,
+                "norm": norm,
+            },
+            "graph": {"cutoff": 6.0, "max_neighbors": 8},
+            "epochs": epochs,
+            "batch_size": 8,
+            "early_stopping_patience": None,
+            "lr": 3e-3,
+            "target_transform": "standardize",
+        },
+    )
 
 
 @pytest.fixture(scope="module")
 def pt_run(datasets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MATXFER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        return train(datasets["pt"], tmp_path_factory.mktemp("pt") / "run", datasets["pt_test"],
-                     tiny(), progress=False)
+        return train(
+            datasets["pt"],
+            tmp_path_factory.mktemp("pt") / "run",
+            datasets["pt_test"],
+            tiny(),
+            progress=False,
+        )
 
 
 class TrainModeEverywhere(pl.Callback):
     """Puts every module in train mode before each batch, as other loops or user code may:
     frozen BatchNorm must still not update its statistics."""
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule,
-                             batch: object, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
         module.train()
 
 
 @pytest.fixture(scope="module")
-def ft_run(datasets: dict[str, Path], pt_run: TrainResult,
-           tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+def ft_run(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path_factory: pytest.TempPathFactory
+) -> TrainResult:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MATXFER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         return finetune(
-            datasets["ft"], pt_run.run_dir, tmp_path_factory.mktemp("ft") / "run",
-            strategy="three_body_only", head="reuse", lr_multipliers="head=10,three_body=0.5",
-            test=datasets["ft_test"], config=tiny(epochs=2, norm="layer"), progress=False,
+            datasets["ft"],
+            pt_run.run_dir,
+            tmp_path_factory.mktemp("ft") / "run",
+            strategy="three_body_only",
+            head="reuse",
+            lr_multipliers="head=10,three_body=0.5",
+            test=datasets["ft_test"],
+            config=tiny(epochs=2, norm="layer"),
+            progress=False,
             callbacks=[TrainModeEverywhere()],
         )
 
@@ -239,8 +274,14 @@ def matxfer(*args: str | Path, cache: Path | None = None) -> subprocess.Complete
         import os
 
         env = {**os.environ, "MATXFER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "matxfer.cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "matxfer.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_cli_excluding_test_structures_repeats_pretraining_without_them(
@@ -249,9 +290,23 @@ def test_cli_excluding_test_structures_repeats_pretraining_without_them(
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny(epochs=1).model_dump(mode="json")))
     out = tmp_path / "ft"
-    done = matxfer("finetune", datasets["ft"], "--from", pt_run.run_dir, "--out", out,
-                   "--test", datasets["ft_test"], "--config", config, "--head", "new",
-                   "--exclude-test-structures", "--no-progress", cache=tmp_path / "cache")
+    done = matxfer(
+        "finetune",
+        datasets["ft"],
+        "--from",
+        pt_run.run_dir,
+        "--out",
+        out,
+        "--test",
+        datasets["ft_test"],
+        "--config",
+        config,
+        "--head",
+        "new",
+        "--exclude-test-structures",
+        "--no-progress",
+        cache=tmp_path / "cache",
+    )
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "transfer.json").read_text())
     assert record["excluded_pretraining"]["num_excluded"] == LEAKED_TEST
@@ -271,7 +326,10 @@ def test_cli_excluding_test_structures_repeats_pretraining_without_them(
     ],
 )
 def test_cli_bad_options_fail_cleanly(
-    args: list[str], message: str, pt_run: TrainResult, datasets: dict[str, Path],
+    args: list[str],
+    message: str,
+    pt_run: TrainResult,
+    datasets: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     args = [str(pt_run.run_dir) if a == "PT" else a for a in args]

@@ -70,14 +70,18 @@ def write_part(path: Path, numbers: list[int], prefix: str, label, moved: bool) 
         if moved:
             structure.scale_lattice(structure.volume * 1.03)
             structure.translate_sites(list(range(len(structure))), [0.1, 0.2, 0.05])
-        items.append({
-            "jid": f"{prefix}-{n}",
-            "target": label(CRYSTALS[n]),
-            "atoms": {"lattice_mat": structure.lattice.matrix.tolist(),
-                      "coords": structure.frac_coords.tolist(),
-                      "elements": [site.specie.symbol for site in structure],
-                      "cartesian": False},
-        })
+        items.append(
+            {
+                "jid": f"{prefix}-{n}",
+                "target": label(CRYSTALS[n]),
+                "atoms": {
+                    "lattice_mat": structure.lattice.matrix.tolist(),
+                    "coords": structure.frac_coords.tolist(),
+                    "elements": [site.specie.symbol for site in structure],
+                    "cartesian": False,
+                },
+            }
+        )
     with gzip.open(path, "wt") as handle:
         json.dump(items, handle)
 
@@ -94,8 +98,10 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two study-layout folders (pool + fixed test) sharing 10 crystals under other ids."""
     root = tmp_path_factory.mktemp("mpt_data")
     folders = {}
-    for name, pool, test, label, moved in [("alpha", ALPHA_POOL, ALPHA_TEST, label_alpha, False),
-                                           ("beta", BETA_POOL, BETA_TEST, label_beta, True)]:
+    for name, pool, test, label, moved in [
+        ("alpha", ALPHA_POOL, ALPHA_TEST, label_alpha, False),
+        ("beta", BETA_POOL, BETA_TEST, label_beta, True),
+    ]:
         folder = root / name
         folder.mkdir()
         write_part(folder / "pool.json.gz", pool, name, label, moved)
@@ -106,13 +112,24 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def tiny_mpt_config(**overrides: object) -> TrainConfig:
     """1 + 1 layers of width 16, one epoch: seconds on a CPU."""
-    return mpt_config("fast", {
-        "model": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16,
-                  "embedding_features": 16, "edge_input_features": 16,
-                  "triplet_input_features": 8},
-        "epochs": 1, "batch_size": 8, "early_stopping_patience": None,
-        "target_transform": "standardize", **overrides,
-    })
+    return mpt_config(
+        "fast",
+        {
+            "model": {
+                "alignn_layers": 1,
+                "gcn_layers": 1,
+                "hidden_features": 16,
+                "embedding_features": 16,
+                "edge_input_features": 16,
+                "triplet_input_features": 8,
+            },
+            "epochs": 1,
+            "batch_size": 8,
+            "early_stopping_patience": None,
+            "target_transform": "standardize",
+            **overrides,
+        },
+    )
 
 
 # ---------------------------------------------------------------- masked loss in training
@@ -120,11 +137,19 @@ def tiny_mpt_config(**overrides: object) -> TrainConfig:
 
 def two_property_module(records: list[Record]) -> tuple[PropertyModule, Batch]:
     torch.manual_seed(0)
-    model = ALIGNN(num_outputs=2, alignn_layers=1, gcn_layers=1, hidden_features=8,
-                   embedding_features=8, edge_input_features=8, triplet_input_features=4)
+    model = ALIGNN(
+        num_outputs=2,
+        alignn_layers=1,
+        gcn_layers=1,
+        hidden_features=8,
+        embedding_features=8,
+        edge_input_features=8,
+        triplet_input_features=4,
+    )
     names = ["a", "b"]
-    graphs = with_targets(build_graphs([r.structure for r in records], GraphConfig(),
-                                       progress=False), records, names)
+    graphs = with_targets(
+        build_graphs([r.structure for r in records], GraphConfig(), progress=False), records, names
+    )
     values = torch.cat([g.y for g in graphs])
     transform = TargetTransform("standardize", 2).fit(values)
     module = PropertyModule(model, transform, names, GraphConfig(), loss="masked_l1")
@@ -162,8 +187,9 @@ def test_training_step_with_missing_labels_is_finite_and_ignores_them() -> None:
     assert (prediction.grad[~present] == 0).all()
     signs = torch.sign(prediction - target.nan_to_num()).detach() / len(records)
     assert torch.equal(prediction.grad[present], signs[present])
-    assert all(torch.isfinite(p.grad).all() for p in module.model.parameters()
-               if p.grad is not None)
+    assert all(
+        torch.isfinite(p.grad).all() for p in module.model.parameters() if p.grad is not None
+    )
 
 
 def test_each_property_head_learns_only_from_its_labels() -> None:
@@ -171,8 +197,11 @@ def test_each_property_head_learns_only_from_its_labels() -> None:
     # b-only records so that b's scale can be fitted; the batch below has no b label
     records += [Record(f"b{i}", CRYSTALS[i], {"b": float(i)}) for i in (6, 7)]
     module, _ = two_property_module(records)
-    graphs = with_targets(build_graphs([r.structure for r in records[:6]], GraphConfig(),
-                                       progress=False), records[:6], ["a", "b"])
+    graphs = with_targets(
+        build_graphs([r.structure for r in records[:6]], GraphConfig(), progress=False),
+        records[:6],
+        ["a", "b"],
+    )
     module.step(Batch.from_data_list(graphs))["loss"].backward()
     last = module.model.head.out  # row t of the last Linear = the head of property t
     assert last.weight.grad[0].abs().sum() > 0 and last.bias.grad[0] != 0
@@ -183,8 +212,12 @@ def test_each_property_head_learns_only_from_its_labels() -> None:
 
 def test_masked_l1_is_a_training_loss_choice() -> None:
     assert mpt_config("fast").loss == "masked_l1"
-    module, _ = two_property_module([Record("0", CRYSTALS[0], {"a": 1.0, "b": 2.0}),
-                                     Record("1", CRYSTALS[1], {"a": 3.0, "b": 0.0})])
+    module, _ = two_property_module(
+        [
+            Record("0", CRYSTALS[0], {"a": 1.0, "b": 2.0}),
+            Record("1", CRYSTALS[1], {"a": 3.0, "b": 0.0}),
+        ]
+    )
     assert module.loss_fn is masked_l1
 
 
@@ -193,7 +226,10 @@ def test_masked_l1_is_a_training_loss_choice() -> None:
 
 def test_parse_dataset_args() -> None:
     assert parse_dataset_args(["ph", "gap=data/gaps.json", "d=dc"]) == {
-        "ph": "ph", "gap": "data/gaps.json", "d": "dc"}
+        "ph": "ph",
+        "gap": "data/gaps.json",
+        "d": "dc",
+    }
     with pytest.raises(ConfigError, match="NAME=DATA"):
         parse_dataset_args(["data/gaps.json"])
     with pytest.raises(ConfigError, match="twice"):
@@ -214,11 +250,13 @@ def test_merge_counts_shared_crystals_once(datasets: dict[str, Path]) -> None:
     for record in both:  # each label is its own dataset's value for this crystal
         n = int(record.id.split("|")[0].split("-")[1])
         assert record.targets == pytest.approx(
-            {"a": label_alpha(CRYSTALS[n]), "b": label_beta(CRYSTALS[n])})
+            {"a": label_alpha(CRYSTALS[n]), "b": label_beta(CRYSTALS[n])}
+        )
     assert data.splits.target_names == ["a", "b"]
     test_ids = sorted(r.id for r in data.splits.test)
-    assert test_ids == sorted([f"a:alpha-{n}" for n in ALPHA_TEST]
-                              + [f"b:beta-{n}" for n in BETA_TEST])
+    assert test_ids == sorted(
+        [f"a:alpha-{n}" for n in ALPHA_TEST] + [f"b:beta-{n}" for n in BETA_TEST]
+    )
 
 
 def test_test_crystals_of_any_property_can_be_excluded(datasets: dict[str, Path]) -> None:
@@ -227,8 +265,9 @@ def test_test_crystals_of_any_property_can_be_excluded(datasets: dict[str, Path]
     merged = data.splits.train + data.splits.val
     assert not any("alpha-36" in r.id or "beta-22" in r.id for r in merged)
     # leave-one-out: the excluded property's test crystals are kept out too
-    loo = prepare_pretraining(datasets, tiny_mpt_config(), exclude=["b"],
-                              exclude_test_structures=True)
+    loo = prepare_pretraining(
+        datasets, tiny_mpt_config(), exclude=["b"], exclude_test_structures=True
+    )
     assert loo.splits.target_names == ["a"] and loo.excluded == ["b"]
     assert loo.properties["a"].removed_test_structures == 1
     assert [r.id for r in loo.splits.test] == [f"a:alpha-{n}" for n in ALPHA_TEST]
@@ -296,9 +335,18 @@ def test_cli_leave_one_out(datasets: dict[str, Path], tmp_path: Path) -> None:
     config_file = tmp_path / "tiny.yaml"
     save_config(tiny_mpt_config(loss="l1"), config_file)
     out = tmp_path / "loo"
-    args = [f"a={datasets['a']}", f"b={datasets['b']}", "--exclude", "b",
-            "--exclude-test-structures", "--config", str(config_file), "--out", str(out),
-            "--no-progress"]
+    args = [
+        f"a={datasets['a']}",
+        f"b={datasets['b']}",
+        "--exclude",
+        "b",
+        "--exclude-test-structures",
+        "--config",
+        str(config_file),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, ["pretrain-multi", *args])
     assert result.exit_code == 0, result.output
     assert "pre-training data" in result.output and "merged into" in result.output
