@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -269,11 +270,7 @@ def test_architecture_and_graphs_from_the_checkpoint_transform_refitted(
 
 
 def matxfer(*args: str | Path, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = None
-    if cache is not None:
-        import os
-
-        env = {**os.environ, "MATXFER_CACHE": str(cache)}
+    env = None if cache is None else {**os.environ, "MATXFER_CACHE": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "matxfer.cli", *map(str, args)],
         cwd=ROOT,
