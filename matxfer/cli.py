@@ -27,6 +27,31 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+# Options shared by train, finetune and pretrain-multi: declared once.
+TestOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
+    ),
+]
+ProfileOption = Annotated[str | None, typer.Option(help="paper (the study) or fast.")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
+DataDirOption = Annotated[Path | None, typer.Option(help="Folder of named datasets.")]
+TrialOption = Annotated[int | None, typer.Option(help="The study's trial (with --size).")]
+SizeOption = Annotated[int | None, typer.Option(help="Training + validation records.")]
+TargetKeyOption = Annotated[str | None, typer.Option(help="Field holding the target.")]
+FormatOption = Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")]
+EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs.")]
+BatchSizeOption = Annotated[int | None, typer.Option(help="Structures per batch.")]
+LrOption = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
+SkipInvalidOption = Annotated[bool, typer.Option(help="Skip invalid records.")]
+ValFractionOption = Annotated[float | None, typer.Option(help="Validation share.")]
+SamplingOption = Annotated[str | None, typer.Option(help="random, stratified or normal.")]
+ProgressOption = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
+]
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -57,8 +82,8 @@ def data_check(
             "pool.json.gz, or a named dataset (fe, ph, ...)."
         ),
     ],
-    format: Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")] = None,
-    target_key: Annotated[str | None, typer.Option(help="Field holding the target.")] = None,
+    format: FormatOption = None,
+    target_key: TargetKeyOption = None,
     skip_invalid: Annotated[
         bool, typer.Option(help="Drop invalid records and list them instead of failing.")
     ] = False,
@@ -119,30 +144,23 @@ def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
 def train(
     data: Annotated[str, typer.Argument(help="Dataset file/folder, or a named dataset (ph, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    test: Annotated[
-        Path | None,
-        typer.Option(
-            help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
-        ),
-    ] = None,
-    profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
+    test: TestOption = None,
+    profile: ProfileOption = None,
+    config: ConfigOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of splits, init and shuffling.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
-    trial: Annotated[int | None, typer.Option(help="The study's trial (with --size).")] = None,
-    size: Annotated[int | None, typer.Option(help="Training + validation records.")] = None,
-    target_key: Annotated[str | None, typer.Option(help="Field holding the target.")] = None,
-    format: Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip invalid records.")] = False,
-    val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
-    sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
-    ] = None,
+    data_dir: DataDirOption = None,
+    trial: TrialOption = None,
+    size: SizeOption = None,
+    target_key: TargetKeyOption = None,
+    format: FormatOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
+    resume: ResumeOption = False,
+    skip_invalid: SkipInvalidOption = False,
+    val_fraction: ValFractionOption = None,
+    sampling: SamplingOption = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Train an ALIGNN model; writes checkpoints, metrics, predictions and plots to --out."""
     from matxfer.training import config_for_run
@@ -233,28 +251,26 @@ def pretrain_multi(
     exclude: Annotated[
         list[str] | None, typer.Option(help="Leave this property out (leave-one-out); repeatable.")
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
+    data_dir: DataDirOption = None,
     size: Annotated[int | None, typer.Option(help="Records drawn per property.")] = None,
-    sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
+    sampling: SamplingOption = None,
     exclude_test_structures: Annotated[
         bool, typer.Option(help="Drop pre-training crystals found in any property's test set.")
     ] = False,
-    profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
+    profile: ProfileOption = None,
+    config: ConfigOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of sampling, splits, init.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
     loss: Annotated[
         str,
         typer.Option(
             help="masked_l1 (the study's MPT loss), l1, mse or huber; wins over --config."
         ),
     ] = "masked_l1",
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
-    ] = None,
+    resume: ResumeOption = False,
+    progress: ProgressOption = None,
 ) -> None:
     """Pre-train one model on several property datasets merged by crystal (MPT).
 
@@ -352,30 +368,23 @@ def finetune(
     audit: Annotated[
         bool, typer.Option(help="Count fine-tuning crystals present in the pre-training data.")
     ] = True,
-    test: Annotated[
-        Path | None,
-        typer.Option(
-            help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
-        ),
-    ] = None,
-    profile: Annotated[str | None, typer.Option(help="paper (the study) or fast.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML config file.")] = None,
+    test: TestOption = None,
+    profile: ProfileOption = None,
+    config: ConfigOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of splits, head init, shuffling.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of named datasets.")] = None,
-    trial: Annotated[int | None, typer.Option(help="The study's trial (with --size).")] = None,
-    size: Annotated[int | None, typer.Option(help="Training + validation records.")] = None,
-    target_key: Annotated[str | None, typer.Option(help="Field holding the target.")] = None,
-    format: Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip invalid records.")] = False,
-    val_fraction: Annotated[float | None, typer.Option(help="Validation share.")] = None,
-    sampling: Annotated[str | None, typer.Option(help="random, stratified or normal.")] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
-    ] = None,
+    data_dir: DataDirOption = None,
+    trial: TrialOption = None,
+    size: SizeOption = None,
+    target_key: TargetKeyOption = None,
+    format: FormatOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
+    resume: ResumeOption = False,
+    skip_invalid: SkipInvalidOption = False,
+    val_fraction: ValFractionOption = None,
+    sampling: SamplingOption = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Fine-tune a pre-trained model on DATA; writes a run directory plus transfer.json.
 
@@ -454,9 +463,7 @@ def demo(
             help="A tiny model and few epochs: a smoke test of the pipeline in about a minute."
         ),
     ] = False,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Pre-train on formation energies, fine-tune on phonons, compare with scratch (offline).
 
