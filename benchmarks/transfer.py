@@ -56,6 +56,9 @@ CALIBRATION = {"scratch": (0.630, 0.107), "FE→PH": (0.705, 0.088)}
 #: The six other properties of the study (leave-one-out MPT for phonons).
 MPT_PROPERTIES = ("fe", "bg", "gv", "dc", "pz", "ebg")
 PT_SIZE = 941
+#: Six properties × 941 records merge into ~5,000; 20 epochs of them take about the
+#: optimiser steps (and time) of the fast profile's 100 epochs on 941 fe records.
+MPT_EPOCHS = 20
 #: Saved beside an MPT run: the ids of the pool records it pre-trained on.
 MPT_IDS_FILE = "pretraining_ids.json"
 
@@ -106,6 +109,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="override the fast profile's epochs (all runs)")
     parser.add_argument("--pt-epochs", type=int, help="override epochs of pre-training only")
+    parser.add_argument(
+        "--mpt-epochs",
+        type=int,
+        default=MPT_EPOCHS,
+        help="epochs of the MPT pre-training (default: about the FE pre-training's steps)",
+    )
     parser.add_argument("--full-pool", action="store_true", help="also pre-train on all of fe")
     parser.add_argument("--mpt", action="store_true", help="add the leave-one-out MPT rows")
     parser.add_argument(
@@ -189,14 +198,8 @@ class Benchmark:
         except ImportError as error:
             print(f"MPT rows skipped: {error}", flush=True)
             return None
-        overrides = {
-            "seed": self.args.seed,
-            **(
-                {"epochs": self.pt_config.epochs}
-                if self.args.quick or self.args.pt_epochs or self.args.epochs
-                else {}
-            ),
-        }
+        epochs = self.pt_config.epochs if self.args.quick else self.args.mpt_epochs
+        overrides = {"seed": self.args.seed, "epochs": epochs}
         config = mpt_config("fast", overrides)
         key = cache_key(
             data=MPT_PROPERTIES,
@@ -254,6 +257,10 @@ class Benchmark:
         from matxfer.training import train
 
         run_dir = self.out / f"scratch-{size}"
+        if finished(run_dir):
+            self.add("scratch", size, run_dir)
+            return
+        print(f"scratch @ {size} ...", flush=True)
         train(
             "ph",
             run_dir,
@@ -271,6 +278,9 @@ class Benchmark:
         from matxfer.transfer.finetune import finetune
 
         run_dir = self.out / f"{label.replace('→', '-').replace(' ', '_')}-{size}"
+        if finished(run_dir):
+            self.add(label, size, run_dir)
+            return
         print(f"fine-tuning {label} @ {size} ...", flush=True)
         finetune(
             "ph",
@@ -288,23 +298,28 @@ class Benchmark:
         self.add(label, size, run_dir)
 
     def run(self) -> None:
-        pre_trained: list[tuple[str, Path, str, list[Any] | None]] = []
-        fe = self.pretrain_fe(self.pt_size)
-        pre_trained.append(("FE→PH", fe, "reuse", None))
-        if self.args.full_pool:
-            pre_trained.append(("FE(pool)→PH", self.pretrain_fe(None), "reuse", None))
-        if self.args.exclude_test_structures:
-            pre_trained.append(("FE→PH excl.", self.pretrain_fe_excluding(fe), "reuse", None))
-        if self.args.mpt:
-            for exclude in (False, True) if self.args.exclude_test_structures else (False,):
-                mpt = self.pretrain_mpt(exclude)
-                if mpt is not None:
-                    label = "MPT→PH excl." if exclude else "MPT→PH"
-                    pre_trained.append((label, mpt, "new", self.mpt_records(mpt)))
+        # One family at a time, each pre-trained just before its fine-tunings, so a run
+        # stopped early has the most important rows and a rerun with --out resumes it.
         for size in self.sizes:
-            print(f"scratch @ {size} ...", flush=True)
             self.scratch(size)
-            for label, pt_run, head, records in pre_trained:
+        fe = self.pretrain_fe(self.pt_size)
+        families: list[tuple[str, Callable[[], Path | None], str, bool]] = [
+            ("FE→PH", lambda: fe, "reuse", False)
+        ]
+        if self.args.full_pool:
+            families.append(("FE(pool)→PH", lambda: self.pretrain_fe(None), "reuse", False))
+        if self.args.exclude_test_structures:
+            families.append(("FE→PH excl.", lambda: self.pretrain_fe_excluding(fe), "reuse", False))
+        if self.args.mpt:
+            families.append(("MPT→PH", lambda: self.pretrain_mpt(False), "new", True))
+            if self.args.exclude_test_structures:
+                families.append(("MPT→PH excl.", lambda: self.pretrain_mpt(True), "new", True))
+        for label, pretrain, head, is_mpt in families:
+            pt_run = pretrain()
+            if pt_run is None:
+                continue
+            records = self.mpt_records(pt_run) if is_mpt else None
+            for size in self.sizes:
                 self.finetune(label, pt_run, size, head, records)
 
     def print_table(self) -> None:

@@ -103,5 +103,6 @@ def linear(
 
 def scatter_sum(values: Tensor, index: Tensor, num_rows: int) -> Tensor:
     """Row sums ``out[k] = Σ_{e: index[e] = k} values[e]`` as a new ``[num_rows, F]`` tensor."""
-    out = values.new_zeros(num_rows, values.size(1))
-    return out.scatter_add_(0, index.view(-1, 1).expand_as(values), values)
+    # index_add_ is one pass (one parallel region); scatter_add_ with an expanded
+    # index sorts the index first, several regions that each stall when a core is busy.
+    return values.new_zeros(num_rows, values.size(1)).index_add_(0, index, values)

@@ -71,10 +71,10 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             both = F.embedding_bag(pairs[2 * start : 2 * stop], table, offsets, mode="sum")
             m_block = onednn_matmul(y[block], weight, None, both)
             m_blocks.append(m_block)
-            index = dst[block].view(-1, 1).expand_as(m_block)
+            dst_b = dst[block]
             sigma = torch.sigmoid(m_block)
-            denominator.scatter_add_(0, index, sigma)
-            numerator.scatter_add_(0, index, sigma.mul_(value.index_select(0, src[block])))
+            denominator.index_add_(0, dst_b, sigma)
+            numerator.index_add_(0, dst_b, sigma.mul_(value.index_select(0, src[block])))
             if norm.row_wise:  # normalise while the block is in cache
                 _edge_output(norm, m_block, y, y_new, block, residual)
             else:
@@ -118,21 +118,20 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 grad_m = norm.backward(m_block, grad_y_new[block], block)
             else:
                 grad_m = torch.zeros_like(m_block)
-            src_index = src_b.view(-1, 1).expand_as(m_block)
             if grad_num is not None and grad_den is not None:
                 sigma = torch.sigmoid(m_block)
                 grad_num_e = grad_num.index_select(0, dst_b)
                 grad_sigma = grad_den.index_select(0, dst_b)
                 grad_sigma.addcmul_(grad_num_e, value.index_select(0, src_b))
-                grad_value.scatter_add_(0, src_index, grad_num_e.mul_(sigma))
+                grad_value.index_add_(0, src_b, grad_num_e.mul_(sigma))
                 grad_m.add_(aten.sigmoid_backward(grad_sigma, sigma))
                 del sigma, grad_num_e, grad_sigma
             if grad_y is not None:
                 skip = grad_y_new[block] if ctx.residual and grad_y_new is not None else None
                 grad_y[block] = onednn_matmul(grad_m, weight_t, None, skip)
             grad_weight.addmm_(grad_m.t(), y[block])
-            grad_src.scatter_add_(0, src_index, grad_m)
-            grad_dst.scatter_add_(0, dst_b.view(-1, 1).expand_as(grad_m), grad_m)
+            grad_src.index_add_(0, src_b, grad_m)
+            grad_dst.index_add_(0, dst_b, grad_m)
         return (
             grad_y, grad_src, grad_dst, grad_value, grad_weight, norm.grad_weight, norm.grad_bias,
             None, None, None, None,

@@ -228,7 +228,7 @@ ALIGNN property model trained with matxfer ({date}).
 ## Training
 
 Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE);
-its weights are `best.ckpt` and produced every number below.
+its weights are `best.ckpt` and produced every number below. Device: {info.get("device")}.
 
 ```yaml
 {config_yaml.rstrip()}

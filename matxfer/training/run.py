@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -52,6 +51,7 @@ from matxfer.training.outputs import (
     write_model_card,
 )
 from matxfer.training.predictor import labels_of, predict_graphs, split_metrics
+from matxfer.training.threads import use_idle_cores
 
 CONFIG_FILE = "config.yaml"
 CSV_LOG_DIR = "logs/csv"
@@ -113,13 +113,6 @@ class TrainResult:
     best_checkpoint: Path
     metrics: dict[str, Any]
     config: TrainConfig
-
-
-def use_all_cores() -> int:
-    """On CPU, let torch use every core this process may run on; returns the thread count."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, cores or 1))
-    return torch.get_num_threads()
 
 
 def _check_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
@@ -335,8 +328,7 @@ def train(
     out = Path(out)
     progress = sys.stderr.isatty() if progress is None else progress
     _check_run_dir(out, config, resume)
-    if not torch.cuda.is_available():
-        use_all_cores()
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {use_idle_cores()} threads"
     if isinstance(data, Splits):
         splits = data
     else:
@@ -348,6 +340,7 @@ def train(
         "test_source": splits.test_source,
         "counts": splits.counts,
         "skipped": splits.skipped,
+        "device": device,
         "data_hash": data_hash(splits.train + splits.val + splits.test),
         "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
         # Lets fine-tuning re-resolve the records this run trained on (leakage audit).
