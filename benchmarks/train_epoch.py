@@ -218,6 +218,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "timed_batches": steps,
     }
     batch_seconds, epoch_seconds, triplets, flops = [], [], [], []
+    # Interpreter, libraries, graphs and model: the same for both sides.
+    result["baseline_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     side.model.train()
     warm = side.collate(batches_of(train_graphs, args.batch_size, args.seed, 0)[0])
     torch.nn.functional.l1_loss(side.forward(warm[0]), warm[1]).backward()  # warm-up
@@ -319,6 +321,7 @@ def main() -> None:
         ("seconds per batch", "seconds_per_batch", "{:.3f}"),
         ("seconds per epoch", "seconds_per_epoch", "{:.1f}"),
         ("peak memory (GB)", "peak_memory_gb", "{:.2f}"),
+        ("  before training (GB)", "baseline_memory_gb", "{:.2f}"),
     ]
     if args.val_mae:
         rows.append((f"val MAE after {args.epochs} ep.", "val_mae", "{:.4f}"))
@@ -331,6 +334,12 @@ def main() -> None:
         f"rate {rate:.1f} GFLOP/s -> {achieved / rate:.0%} of peak"
     )
     if theirs:
+        training = [side["peak_memory_gb"] - side["baseline_memory_gb"] for side in (ours, theirs)]
+        print(
+            f"peak memory: {ours['peak_memory_gb'] / theirs['peak_memory_gb']:.2f}x the "
+            f"reference's; training's share (peak minus before training): "
+            f"{training[0] / training[1]:.2f}x"
+        )
         print(f"speedup_vs_alignn: {theirs['seconds_per_epoch'] / ours['seconds_per_epoch']:.2f}")
 
 

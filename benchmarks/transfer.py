@@ -1,17 +1,17 @@
 """Transfer to phonons: scratch vs fine-tuned from formation energy vs multi-property (MPT).
 
 On the study's phonon set (trial 1, fixed 127-structure test set, ``fast``
-profile), for each fine-tuning size:
+profile), for each fine-tuning size, the rows chosen with ``--rows``:
 
-* **scratch**: trained from random weights;
-* **FE→PH**: fine-tuned (all layers, pre-trained head reused) from a
+* ``scratch``: trained from random weights;
+* ``fe``: fine-tuned (all layers, pre-trained head reused) from a
   formation-energy pre-training on 941 structures sampled (seeded) from the
-  fe pool, the study's pre-training size of its pair-wise matrix
-  (``--full-pool``: also from the whole pool, 7,867 structures);
-* **MPT→PH** (``--mpt``): fine-tuned (new head) from a leave-one-out
-  multi-property pre-training on the six other properties (941 each);
-* with ``--exclude-test-structures``: the fine-tuned rows again, pre-trained
-  without the crystals of the phonon test set (transfer to unseen crystals).
+  fe pool, the study's pre-training size of its pair-wise matrix;
+  ``fe-pool``: from the whole pool (7,867 structures);
+* ``mpt``: fine-tuned (new head) from a leave-one-out multi-property
+  pre-training on the six other properties (941 each);
+* ``fe-excl``, ``mpt-excl``: the same, pre-trained without the crystals of the
+  phonon test set (transfer to unseen crystals).
 
 Printed beside each row: the study's 5-trial mean R² (Devi, Butler & Sai
 Gautam, arXiv 2406.13142, paper configuration) and, at size 100, a reference
@@ -20,14 +20,17 @@ calibration of small models (reference ALIGNN 2 + 2 × 64: pre-trained 8 min on
 how many phonon test (and training) crystals the pre-training data contain.
 
 Pre-trained runs are cached under ``--cache`` (default
-``~/.cache/matxfer/bench/transfer``), keyed by data, size and config, so
-reruns skip them. This benchmark takes hours on two CPU cores; run it on an
-idle machine. ``--quick`` checks the pipeline end to end in minutes (2 epochs,
-small pre-training samples; numbers meaningless).
+``~/.cache/matxfer/bench/transfer``), keyed by data, size and config, and
+finished scratch / fine-tuned runs in ``--out`` are reused, so reruns (and
+several processes given different ``--rows``, one per core, then one with all
+of them to print the table) skip what is done. fe and bg cells average 30
+atoms, four times the phonon cells, so pre-trainings dominate: hours on two
+CPU cores at the default epochs. ``--quick`` checks the pipeline end to end
+in minutes (2 epochs, small pre-training samples; numbers meaningless).
 
     python benchmarks/transfer.py                      # scratch and FE→PH, sizes 100, 800
-    python benchmarks/transfer.py --mpt --full-pool --exclude-test-structures
-    python benchmarks/transfer.py --quick --sizes 100
+    python benchmarks/transfer.py --rows scratch,fe,fe-excl,mpt --pt-epochs 30 --out DIR
+    python benchmarks/transfer.py --quick --sizes 100 --rows scratch,fe,fe-excl,mpt,mpt-excl
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ PT_SIZE = 941
 #: Six properties × 941 records merge into ~5,000; 20 epochs of them take about the
 #: optimiser steps (and time) of the fast profile's 100 epochs on 941 fe records.
 MPT_EPOCHS = 20
-#: Saved beside an MPT run: the ids of the pool records it pre-trained on.
-MPT_IDS_FILE = "pretraining_ids.json"
+#: Row families: scratch; FE→PH from 941 fe records, from the whole fe pool, and
+#: pre-trained without the phonon test crystals; MPT→PH, also without them.
+ROWS = ("scratch", "fe", "fe-pool", "fe-excl", "mpt", "mpt-excl")
 
 
 def cache_key(**parts: Any) -> str:
@@ -115,12 +119,10 @@ def parse_args() -> argparse.Namespace:
         default=MPT_EPOCHS,
         help="epochs of the MPT pre-training (default: about the FE pre-training's steps)",
     )
-    parser.add_argument("--full-pool", action="store_true", help="also pre-train on all of fe")
-    parser.add_argument("--mpt", action="store_true", help="add the leave-one-out MPT rows")
     parser.add_argument(
-        "--exclude-test-structures",
-        action="store_true",
-        help="add rows pre-trained without the phonon test crystals",
+        "--rows",
+        default="scratch,fe",
+        help=f"comma-separated rows to run, of: {', '.join(ROWS)}",
     )
     parser.add_argument(
         "--quick",
@@ -141,6 +143,10 @@ class Benchmark:
 
         self.args, self.out = args, out
         self.sizes = [int(s) for s in args.sizes.split(",")]
+        self.rows_wanted = [row.strip() for row in args.rows.split(",") if row.strip()]
+        unknown = sorted(set(self.rows_wanted) - set(ROWS))
+        if unknown:
+            sys.exit(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
         self.data_dir = str(args.data_dir.resolve())
         epochs = 2 if args.quick else args.epochs
         self.pt_size = 200 if args.quick else PT_SIZE
@@ -211,10 +217,6 @@ class Benchmark:
         run_dir = self.cache / f"mpt-loo-ph-{key}"
         datasets = {name: name for name in (*MPT_PROPERTIES, "ph")}
 
-        def record_ids(data: Any) -> None:  # MPT runs do not record their data: for the audit
-            ids = {name: [r.id for r in prop.pool] for name, prop in data.properties.items()}
-            (run_dir / MPT_IDS_FILE).write_text(json.dumps(ids))
-
         return cached_run(
             run_dir,
             f"MPT pre-training on {', '.join(MPT_PROPERTIES)} ({self.mpt_size} each"
@@ -229,23 +231,8 @@ class Benchmark:
                 exclude_test_structures=exclude_test,
                 progress=sys.stderr.isatty(),
                 resume=resume,
-                on_merged=record_ids,
             ),
         )
-
-    def mpt_records(self, run_dir: Path) -> list[Any] | None:
-        """The pool records an MPT run pre-trained on (from the ids saved at merge time)."""
-        from matxfer.data import resolve_named
-
-        path = run_dir / MPT_IDS_FILE
-        if not path.is_file():
-            return None
-        records = []
-        for name, ids in json.loads(path.read_text()).items():
-            wanted = set(ids)
-            pool = resolve_named(name, data_dir=self.data_dir).pool.records
-            records += [r for r in pool if r.id in wanted]
-        return records
 
     def add(self, label: str, size: int, run_dir: Path) -> None:
         row = {"row": label, "size": size, **test_metrics(run_dir)}
@@ -272,9 +259,7 @@ class Benchmark:
         )
         self.add("scratch", size, run_dir)
 
-    def finetune(
-        self, label: str, pt_run: Path, size: int, head: Any, pretrain_data: list[Any] | None = None
-    ) -> None:
+    def finetune(self, label: str, pt_run: Path, size: int, head: Any) -> None:
         from matxfer.transfer.finetune import finetune
 
         run_dir = self.out / f"{label.replace('→', '-').replace(' ', '_')}-{size}"
@@ -292,7 +277,6 @@ class Benchmark:
             data_dir=self.data_dir,
             trial=self.args.trial,
             size=size,
-            pretrain_data=pretrain_data,
             progress=sys.stderr.isatty(),
         )
         self.add(label, size, run_dir)
@@ -300,27 +284,29 @@ class Benchmark:
     def run(self) -> None:
         # One family at a time, each pre-trained just before its fine-tunings, so a run
         # stopped early has the most important rows and a rerun with --out resumes it.
-        for size in self.sizes:
-            self.scratch(size)
-        fe = self.pretrain_fe(self.pt_size)
-        families: list[tuple[str, Callable[[], Path | None], str, bool]] = [
-            ("FE→PH", lambda: fe, "reuse", False)
-        ]
-        if self.args.full_pool:
-            families.append(("FE(pool)→PH", lambda: self.pretrain_fe(None), "reuse", False))
-        if self.args.exclude_test_structures:
-            families.append(("FE→PH excl.", lambda: self.pretrain_fe_excluding(fe), "reuse", False))
-        if self.args.mpt:
-            families.append(("MPT→PH", lambda: self.pretrain_mpt(False), "new", True))
-            if self.args.exclude_test_structures:
-                families.append(("MPT→PH excl.", lambda: self.pretrain_mpt(True), "new", True))
-        for label, pretrain, head, is_mpt in families:
+        rows = self.rows_wanted
+        if "scratch" in rows:
+            for size in self.sizes:
+                self.scratch(size)
+        families: dict[str, tuple[str, Callable[[], Path | None], str]] = {
+            "fe": ("FE→PH", lambda: self.pretrain_fe(self.pt_size), "reuse"),
+            "fe-pool": ("FE(pool)→PH", lambda: self.pretrain_fe(None), "reuse"),
+            "fe-excl": (
+                "FE→PH excl.",
+                lambda: self.pretrain_fe_excluding(self.pretrain_fe(self.pt_size)),
+                "reuse",
+            ),
+            "mpt": ("MPT→PH", lambda: self.pretrain_mpt(False), "new"),
+            "mpt-excl": ("MPT→PH excl.", lambda: self.pretrain_mpt(True), "new"),
+        }
+        for name, (label, pretrain, head) in families.items():
+            if name not in rows:
+                continue
             pt_run = pretrain()
             if pt_run is None:
                 continue
-            records = self.mpt_records(pt_run) if is_mpt else None
             for size in self.sizes:
-                self.finetune(label, pt_run, size, head, records)
+                self.finetune(label, pt_run, size, head)
 
     def print_table(self) -> None:
         print(

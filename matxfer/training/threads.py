@@ -45,7 +45,7 @@ def _cpu_times() -> dict[int, tuple[int, int]]:
     return times
 
 
-def busy_cores(cores: Iterable[int], window: float = 0.25) -> int:
+def busy_cores(cores: Iterable[int], window: float = 0.2) -> int:
     """How many of ``cores`` other processes kept busy over ``window`` seconds (0 if unknown)."""
     cores = list(cores)
     before = _cpu_times()
@@ -76,6 +76,7 @@ def use_idle_cores() -> int:
     threads = _thread_override()
     if threads is None:
         cores = allowed_cores()
-        threads = max(1, len(cores) - busy_cores(cores))
+        threads = len(cores) - busy_cores(cores) if len(cores) > 1 else 1
+        threads = max(1, threads)
     torch.set_num_threads(threads)
     return torch.get_num_threads()

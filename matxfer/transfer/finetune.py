@@ -226,8 +226,8 @@ def _leakage_entry(
         why = (
             "not requested"
             if not audit
-            else "the pre-training data are unknown (a bare "
-            "checkpoint or a multi-property run): pass --pretrain-data"
+            else "the pre-training data are unknown (a bare checkpoint, or a run that did "
+            "not record them): pass --pretrain-data"
         )
         return {"audited": False, "reason": why}
     return {

@@ -67,9 +67,8 @@ from matxfer.training.outputs import data_hash, write_json
 from matxfer.training.run import CONFIG_FILE, RUN_INFO_FILE, TrainResult, _check_run_dir, train
 from matxfer.transfer.leakage import exclude_structures
 from matxfer.transfer.merge import MatchSettings, MergeReport, merge_datasets
+from matxfer.transfer.pretrained import MERGE_REPORT_FILE
 
-#: Written into the run directory beside the training outputs.
-MERGE_REPORT_FILE = "merge_report.json"
 #: The study's MPT loss (see the module docstring).
 MPT_LOSS = "masked_l1"
 _NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -41,6 +41,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 #: Written into a :func:`pretrain_excluding` run: which crystals were left out.
 EXCLUSION_FILE = "excluded_structures.json"
+#: Written by multi-property pre-training beside the training outputs.
+MERGE_REPORT_FILE = "merge_report.json"
 
 
 def checkpoint_sha256(path: str | Path) -> str:
@@ -135,6 +137,27 @@ def _all_records(data: str | Path, data_dir: str | Path | None) -> list[Record]:
     return list(read_dataset(data).records)
 
 
+def _multi_property_records(run_dir: Path) -> PretrainingData:
+    """The merged records of a :func:`~matxfer.transfer.multitask.pretrain_multi` run."""
+    # Imported here: multitask builds on this module's run helpers.
+    from matxfer.transfer.multitask import recorded_pretraining
+
+    try:
+        data, verified = recorded_pretraining(run_dir)
+    except MatxferError as error:
+        raise MatxferError(
+            f"cannot re-read the pre-training data of {run_dir} ({error}); "
+            "pass it with --pretrain-data, or skip the audit with --no-audit"
+        ) from None
+    names = ", ".join(f"{name} {len(prop.pool)}" for name, prop in data.properties.items())
+    return PretrainingData(
+        data.splits.train + data.splits.val,
+        f"multi-property pre-training on {names} (merged by crystal)",
+        data.to_dict()["spec"],
+        verified,
+    )
+
+
 def _records_by_id(pool: Sequence[Record], ids: Sequence[str]) -> list[Record]:
     by_id = {r.id: r for r in pool}
     missing = [i for i in ids if i not in by_id]
@@ -171,7 +194,7 @@ def pretraining_records(
     Args:
         pretrained: The pre-training run directory or one of its checkpoints.
         pretrain_data: The pre-training dataset, when the run does not record
-            it (a bare checkpoint, a multi-property run): all its records
+            it (a bare checkpoint): all its records
             count (for a named dataset or study folder: its pool); or the
             records themselves.
         data_dir: Where named datasets live (for ``pretrain_data``).
@@ -189,6 +212,8 @@ def pretraining_records(
     if pretrain_data is not None:
         return PretrainingData(list(pretrain_data), f"{len(pretrain_data)} records given")
     run_dir = run_dir_of(Path(pretrained))
+    if run_dir is not None and (run_dir / MERGE_REPORT_FILE).is_file():
+        return _multi_property_records(run_dir)
     if run_dir is None or not (run_data_spec(run_dir) or (run_dir / EXCLUSION_FILE).is_file()):
         return None
     try:

@@ -38,8 +38,10 @@ def test_busy_cores_unknown_without_proc_stat(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_real_proc_stat_parses() -> None:
-    assert 0 <= threads.busy_cores(threads.allowed_cores(), window=0.05) <= len(
-        threads.allowed_cores()
+    assert (
+        0
+        <= threads.busy_cores(threads.allowed_cores(), window=0.05)
+        <= len(threads.allowed_cores())
     )
 
 

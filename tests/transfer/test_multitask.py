@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from matxfer.cli import app
 from matxfer.data.records import Record
+from matxfer.data.registry import open_study_directory
 from matxfer.data.splits import split_count
 from matxfer.data.transforms import TargetTransform
 from matxfer.errors import ConfigError
@@ -30,6 +31,7 @@ from matxfer.training import TrainResult, load_model, save_config
 from matxfer.training.config import TrainConfig
 from matxfer.training.loaders import with_targets
 from matxfer.training.module import PropertyModule
+from matxfer.transfer.leakage import audit_leakage
 from matxfer.transfer.losses import masked_l1
 from matxfer.transfer.multitask import (
     MERGE_REPORT_FILE,
@@ -39,6 +41,7 @@ from matxfer.transfer.multitask import (
     pretrain_multi,
     recorded_pretraining,
 )
+from matxfer.transfer.pretrained import pretraining_records
 
 ELEMENTS = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "Cu", "Zn", "Cl"]
 #: Two-atom CsCl-type crystals, each with its own composition: no accidental matches.
@@ -329,6 +332,23 @@ def test_run_records_its_data_and_scales_each_property_on_its_own_labels(
         values = [r.targets[label] for r in data.splits.train if label in r.targets]
         scaled = transform.transform(torch.tensor(values).repeat(2, 1).T.contiguous())[:, k]
         assert scaled.mean().item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_fine_tuning_audit_reads_the_merged_pretraining_records(
+    mpt_run: TrainResult, datasets: dict[str, Path]
+) -> None:
+    found = pretraining_records(mpt_run.run_dir / "best.ckpt")
+    assert found is not None and found.verified is True
+    counts = (
+        mpt_run.metrics.get("counts")
+        or json.loads((mpt_run.run_dir / "run_info.json").read_text())["counts"]
+    )
+    assert len(found.records) == counts["train"] + counts["val"]
+    assert "multi-property" in found.description and found.spec["datasets"].keys() == {"a", "b"}
+    # Crystal 36, a "beta" test crystal, sits in the "alpha" pool: the audit must see it.
+    beta_test = open_study_directory(datasets["b"]).test.records
+    leaked = audit_leakage(found.records, [], beta_test).test_in_pretrain
+    assert len(leaked) == 1 and next(iter(leaked)).endswith("-36")
 
 
 def test_cli_leave_one_out(datasets: dict[str, Path], tmp_path: Path) -> None:
