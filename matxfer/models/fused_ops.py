@@ -1,8 +1,12 @@
 """Dense layers and scatter sums for ALIGNN's hot path.
 
-* :func:`linear` runs dense layers through oneDNN's fp32 matmul (with an
-  optional tensor added in the matmul's epilogue), about 20 % faster than the
-  default BLAS call at ALIGNN's shapes on x86 CPUs (measured on AMD EPYC);
+* :func:`linear` runs dense layers with an optional tensor added in the same
+  BLAS call (``addmm``). With ``MATXFER_ONEDNN=1`` it uses oneDNN's fused
+  matmul instead; that is off by default because oneDNN caches a kernel per
+  input shape, and with every batch a new shape the process grew by ~0.5 GB
+  per epoch (measured: 4 + 4 × 256 ALIGNN on phonons, 2 cores, peak 1.83 GB
+  with oneDNN vs 1.28 GB with BLAS, which was also faster: 0.70 vs 0.56 s per
+  batch);
 * :func:`scatter_sum` sums rows into buckets.
 
 Under ``torch.compile`` and CPU autocast the plain formulas are used
@@ -12,6 +16,7 @@ Under ``torch.compile`` and CPU autocast the plain formulas are used
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -32,8 +37,9 @@ def plain_autograd() -> bool:
 
 @cache
 def onednn_available() -> bool:
-    """Whether oneDNN's fused linear op runs here (x86 builds with MKL-DNN); probed once."""
-    if not torch.backends.mkldnn.is_available():
+    """Whether to use oneDNN's fused linear op: asked for (``MATXFER_ONEDNN=1``) and
+    running here (x86 builds with MKL-DNN); decided once."""
+    if os.environ.get("MATXFER_ONEDNN", "0") != "1" or not torch.backends.mkldnn.is_available():
         return False
     try:
         probe = torch.ones(2, 3)
@@ -44,8 +50,10 @@ def onednn_available() -> bool:
 
 
 def onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, add: Tensor | None) -> Tensor:
-    """``x @ weight.T (+ bias) (+ add)``, no autograd: oneDNN where available, else BLAS."""
+    """``x @ weight.T (+ bias) (+ add)``, no autograd: BLAS, or oneDNN when asked for."""
     if x.dtype != torch.float32 or not onednn_available():
+        if add is not None and bias is None:
+            return torch.addmm(add, x, weight.t())  # one BLAS call, no separate add pass
         out = F.linear(x, weight, bias)
         return out if add is None else out.add_(add)
     if add is None:

@@ -111,7 +111,6 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         grad_y = torch.empty_like(y) if ctx.needs_input_grad[0] else None
         grad_src, grad_dst, grad_value = (torch.zeros_like(value) for _ in range(3))
         grad_weight = torch.zeros_like(weight)
-        weight_t = weight.t().contiguous()
         for block, m_block in zip(blocks, m_blocks, strict=True):
             src_b, dst_b = src[block], dst[block]
             if grad_y_new is not None:
@@ -126,9 +125,11 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 grad_value.index_add_(0, src_b, grad_num_e.mul_(sigma))
                 grad_m.add_(aten.sigmoid_backward(grad_sigma, sigma))
                 del sigma, grad_num_e, grad_sigma
-            if grad_y is not None:
-                skip = grad_y_new[block] if ctx.residual and grad_y_new is not None else None
-                grad_y[block] = onednn_matmul(grad_m, weight_t, None, skip)
+            if grad_y is not None:  # dm/dy = W: written in place, no temporary
+                if ctx.residual and grad_y_new is not None:
+                    torch.addmm(grad_y_new[block], grad_m, weight, out=grad_y[block])
+                else:
+                    torch.mm(grad_m, weight, out=grad_y[block])
             grad_weight.addmm_(grad_m.t(), y[block])
             grad_src.index_add_(0, src_b, grad_m)
             grad_dst.index_add_(0, dst_b, grad_m)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from matxfer.models import block_norm
+from matxfer.models import block_norm, fused_ops
 from matxfer.models.block_norm import linear_norm_silu, norm_silu
 from matxfer.models.fused_ops import linear
 from matxfer.models.gated_edges import edge_gated_update, edge_gated_update_reference
@@ -97,6 +97,19 @@ def test_nodes_without_incoming_edges_get_zero_aggregate() -> None:
     assert torch.all(h[1] != 0)
 
 
+@pytest.fixture(params=["blas", "onednn"])
+def matmul_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both dense-matmul backends (oneDNN is opt-in with MATXFER_ONEDNN=1)."""
+    monkeypatch.setenv("MATXFER_ONEDNN", "1" if request.param == "onednn" else "0")
+    fused_ops.onednn_available.cache_clear()
+    if request.param == "onednn" and not fused_ops.onednn_available():
+        pytest.skip("oneDNN's fused linear is not available in this torch build")
+    yield request.param
+    monkeypatch.undo()
+    fused_ops.onednn_available.cache_clear()
+
+
+@pytest.mark.usefixtures("matmul_backend")
 def test_float32_blockwise_matches_reference() -> None:
     src, dst = _edges(30, 400, seed=3)
     y, s, d, v, w = (t.detach().float() for t in _inputs(width=32, num_nodes=30, num_edges=400))
@@ -107,6 +120,7 @@ def test_float32_blockwise_matches_reference() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("matmul_backend")
 @pytest.mark.parametrize("with_add", [True, False])
 def test_linear_matches_functional_linear(with_add: bool) -> None:
     torch.manual_seed(0)
