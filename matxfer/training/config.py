@@ -124,7 +124,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"alignn_layers": 2, "gcn_layers": 2, "hidden_features": 64, "norm": "layer"},
         "loss": "l1",
         "epochs": 100,
-        "early_stopping_patience": 30,
+        # The one-cycle rate anneals only in the last epochs, where the best models come
+        # from; stopping on a noisy 10-record validation set before that cost fine-tuning
+        # at size 100 half its epochs (measured: stopped at 52, test R² 0.52 vs 0.64 scratch).
+        "early_stopping_patience": None,
     },
 }
 
