@@ -10,7 +10,10 @@ model is ``ALIGNNAtomWisePure`` (``alignn_atomwise_pure``) configured for
 property regression (no force gradients, CGCNN atom features). Both run in
 the same plain training loop (collate, forward, L1 loss, backward, AdamW and
 one-cycle steps), without Lightning, so the numbers compare the models and
-their batching, nothing else.
+their batching, nothing else. matxfer runs the paper's BatchNorm model by
+default (two passes over the rows for the column statistics); ``--norm
+layer`` gives it the reference's LayerNorm, the same function, and with
+``--same-init`` the reference's initial weights too.
 
 Each side runs in its own subprocess, one after the other, so peak resident
 memory (``ru_maxrss``) is its own. Also reported: matmul FLOPs of one matxfer
@@ -24,6 +27,7 @@ several-fold.
     python benchmarks/train_epoch.py                  # one full epoch each
     python benchmarks/train_epoch.py --batches 10     # quick estimate
     python benchmarks/train_epoch.py --epochs 3 --val-mae
+    python benchmarks/train_epoch.py --norm layer --same-init --epochs 2 --val-mae
     python benchmarks/train_epoch.py --alignn-layers 2 --gcn-layers 2 --hidden 64
 """
 
@@ -85,6 +89,14 @@ class MatxferSide:
             embedding_features=args.embedding,
             norm=args.norm,
         )
+        if args.same_init:  # the reference's initial weights (same seed, same draw order)
+            import torch
+
+            from matxfer.models.reference import map_reference_state_dict
+
+            torch.manual_seed(args.seed)  # as the reference worker draws them
+            start = ReferenceSide(args).model.state_dict()
+            self.model.load_state_dict(map_reference_state_dict(start, self.model), strict=True)
 
     def collate(self, graphs: list) -> tuple[Any, Any]:
         from torch_geometric.data import Batch
@@ -297,9 +309,17 @@ def main() -> None:
     parser.add_argument(
         "--val-mae", action="store_true", help="print both models' validation MAE after the epochs"
     )
+    parser.add_argument(
+        "--same-init",
+        action="store_true",
+        help="start matxfer from the reference model's initial weights (with --norm layer: "
+        "the same function, so validation MAEs after the same epochs should agree)",
+    )
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--worker", choices=["matxfer", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.same_init and args.norm != "layer":
+        parser.error("--same-init needs --norm layer (the reference pure model's LayerNorm)")
     if args.worker:
         print(json.dumps(worker(args)))
         return
