@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,15 @@ from pymatgen.core import Lattice, Structure
 
 #: ``../shared/datasets`` beside the project root; tests needing it skip when absent.
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fixed_thread_count() -> Iterator[None]:
+    """Training sizes its thread pool by the machine's load and float sums depend on
+    the thread count; tests compare runs bit for bit, so they fix it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MATXFER_THREADS", "1")
+        yield
 
 
 @pytest.fixture(scope="session")

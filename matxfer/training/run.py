@@ -140,6 +140,15 @@ def _check_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
         )
 
 
+def _saved_threads(out: Path) -> int | None:
+    """The CPU thread count an interrupted run in ``out`` trained with, if recorded."""
+    try:
+        threads = json.loads((out / RUN_INFO_FILE).read_text()).get("cpu_threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and threads > 0 else None
+
+
 def _check_same_data(out: Path, info: dict[str, Any], resume: bool) -> None:
     path = out / RUN_INFO_FILE
     if resume and path.is_file():
@@ -328,7 +337,10 @@ def train(
     out = Path(out)
     progress = sys.stderr.isatty() if progress is None else progress
     _check_run_dir(out, config, resume)
-    device = "cuda" if torch.cuda.is_available() else f"cpu, {use_idle_cores()} threads"
+    threads = None
+    if not torch.cuda.is_available():
+        # Float sums depend on the thread count: a resumed run keeps the one it started with.
+        threads = use_idle_cores(_saved_threads(out) if resume else None)
     if isinstance(data, Splits):
         splits = data
     else:
@@ -340,7 +352,8 @@ def train(
         "test_source": splits.test_source,
         "counts": splits.counts,
         "skipped": splits.skipped,
-        "device": device,
+        "device": "cuda" if threads is None else f"cpu, {threads} threads",
+        "cpu_threads": threads,
         "data_hash": data_hash(splits.train + splits.val + splits.test),
         "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
         # Lets fine-tuning re-resolve the records this run trained on (leakage audit).

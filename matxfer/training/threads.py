@@ -6,7 +6,10 @@ the thread there gets the core only every few milliseconds, so every region
 stalls: measured on 2 cores with one busy, a 4 + 4 × 256 ALIGNN step took
 15-27 s with 2 threads and 1.0 s with 1. Counting busy cores before training
 and leaving them out avoids that; ``OMP_NUM_THREADS`` or ``MATXFER_THREADS``
-(a positive integer) override the count.
+(a positive integer) override the count. Float sums, and so the last digits
+of the metrics, depend on the thread count: runs are bitwise reproducible for
+the same seed and thread count (set ``MATXFER_THREADS`` to fix it; a resumed
+run keeps the count it started with).
 """
 
 from __future__ import annotations
@@ -71,9 +74,14 @@ def _thread_override() -> int | None:
     return None
 
 
-def use_idle_cores() -> int:
-    """Set torch's thread count to the idle allowed cores (at least 1); returns it."""
-    threads = _thread_override()
+def use_idle_cores(preferred: int | None = None) -> int:
+    """Set torch's thread count to the idle allowed cores (at least 1); returns it.
+
+    Args:
+        preferred: Use this count instead of sampling (e.g. a resumed run's), unless
+            the environment overrides it.
+    """
+    threads = _thread_override() or preferred
     if threads is None:
         cores = allowed_cores()
         threads = len(cores) - busy_cores(cores) if len(cores) > 1 else 1

@@ -67,3 +67,23 @@ def test_invalid_override_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "busy_cores", lambda cores: 0)
     monkeypatch.setenv("MATXFER_THREADS", "many")
     assert threads.use_idle_cores() == 1
+
+
+def test_preferred_count_is_used_unless_the_environment_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threads, "busy_cores", lambda cores: pytest.fail("should not sample"))
+    assert threads.use_idle_cores(preferred=1) == 1
+    monkeypatch.setenv("MATXFER_THREADS", "1")
+    assert threads.use_idle_cores(preferred=3) == 1
+
+
+def test_a_resumed_run_reads_its_thread_count(tmp_path) -> None:
+    from matxfer.training.run import RUN_INFO_FILE, _saved_threads
+
+    assert _saved_threads(tmp_path) is None  # no run_info.json
+    (tmp_path / RUN_INFO_FILE).write_text('{"cpu_threads": 2, "device": "cpu, 2 threads"}')
+    assert _saved_threads(tmp_path) == 2
+    for broken in ('{"cpu_threads": null}', '{"cpu_threads": "2"}', "not json", "[]"):
+        (tmp_path / RUN_INFO_FILE).write_text(broken)
+        assert _saved_threads(tmp_path) is None
