@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -285,7 +284,9 @@ def run_side(name: str, argv: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    from matxfer.training.threads import allowed_cores
+
+    default_threads = len(allowed_cores())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--dataset", default="ph")

@@ -10,8 +10,9 @@ profile), for each fine-tuning size, the rows chosen with ``--rows``:
   ``fe-pool``: from the whole pool (7,867 structures);
 * ``mpt``: fine-tuned (new head) from a leave-one-out multi-property
   pre-training on the six other properties (941 each);
-* ``fe-excl``, ``mpt-excl``: the same, pre-trained without the crystals of the
-  phonon test set (transfer to unseen crystals).
+* ``fe-excl``: the same, pre-trained without the crystals of the phonon test
+  set; ``mpt-excl``: without the crystals of every property's test set, the
+  phonon test set included (transfer to unseen crystals).
 
 Printed beside each row: the study's 5-trial mean R² (Devi, Butler & Sai
 Gautam, arXiv 2406.13142, paper configuration) and, at size 100, a reference
@@ -121,7 +122,7 @@ def parse_args() -> argparse.Namespace:
         "--mpt-epochs",
         type=int,
         default=MPT_EPOCHS,
-        help="epochs of the MPT pre-training (default: about the FE pre-training's steps)",
+        help="epochs of the MPT pre-trainings",
     )
     parser.add_argument(
         "--rows",

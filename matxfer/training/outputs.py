@@ -213,6 +213,8 @@ def write_model_card(
     versions = "\n".join(f"- {k}: {v}" for k, v in software_versions().items())
     counts = ", ".join(f"{k} {v}" for k, v in info.get("counts", {}).items())
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    threads = info.get("cpu_threads")
+    device = "GPU" if threads is None else f"CPU, {threads} thread{'s' * (threads != 1)}"
     text = f"""# Model card
 
 ALIGNN property model trained with matxfer ({date}).
@@ -228,7 +230,7 @@ ALIGNN property model trained with matxfer ({date}).
 ## Training
 
 Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE);
-its weights are `best.ckpt` and produced every number below. Device: {info.get("device")}.
+its weights are `best.ckpt` and produced every number below. Device: {device}.
 
 ```yaml
 {config_yaml.rstrip()}

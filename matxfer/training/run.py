@@ -352,8 +352,7 @@ def train(
         "test_source": splits.test_source,
         "counts": splits.counts,
         "skipped": splits.skipped,
-        "device": "cuda" if threads is None else f"cpu, {threads} threads",
-        "cpu_threads": threads,
+        "cpu_threads": threads,  # None: trained on the GPU
         "data_hash": data_hash(splits.train + splits.val + splits.test),
         "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
         # Lets fine-tuning re-resolve the records this run trained on (leakage audit).

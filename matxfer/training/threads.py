@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,7 @@ def _cpu_times() -> dict[int, tuple[int, int]]:
     """Per-core (busy, total) jiffies from ``/proc/stat``; empty where it is not readable."""
     times: dict[int, tuple[int, int]] = {}
     try:
-        lines = open("/proc/stat").read().splitlines()  # noqa: SIM115 - tiny procfs read
+        lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return times
     for line in lines:

@@ -82,7 +82,7 @@ def test_a_resumed_run_reads_its_thread_count(tmp_path) -> None:
     from matxfer.training.run import RUN_INFO_FILE, _saved_threads
 
     assert _saved_threads(tmp_path) is None  # no run_info.json
-    (tmp_path / RUN_INFO_FILE).write_text('{"cpu_threads": 2, "device": "cpu, 2 threads"}')
+    (tmp_path / RUN_INFO_FILE).write_text('{"cpu_threads": 2}')
     assert _saved_threads(tmp_path) == 2
     for broken in ('{"cpu_threads": null}', '{"cpu_threads": "2"}', "not json", "[]"):
         (tmp_path / RUN_INFO_FILE).write_text(broken)
