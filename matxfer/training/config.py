@@ -92,6 +92,10 @@ class TrainConfig(BaseModel):
             ``both`` is the study's standardize-then-[-1, 1] (default: ``"both"``).
         num_workers: Data-loader worker processes; 0 keeps runs reproducible (default: ``0``).
         accelerator: Lightning accelerator, ``auto`` uses a GPU when present (default: ``"auto"``).
+        max_minutes: Wall-clock budget of training, checked at the end of each
+            epoch; once spent, training stops and the best checkpoint so far is tested
+            as usual. The one-cycle schedule is not shortened, so a run cut short ends
+            at a high learning rate. ``None``: no budget (default: ``None``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -115,6 +119,7 @@ class TrainConfig(BaseModel):
     target_transform: TransformName = "both"
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
+    max_minutes: float | None = Field(None, gt=0)
 
 
 #: Overrides applied to the :class:`TrainConfig` defaults by each profile.

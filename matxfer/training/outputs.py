@@ -191,6 +191,14 @@ def software_versions() -> dict[str, str]:
     }
 
 
+#: How the model card words each ``stopped_by`` of metrics.json.
+STOP_WORDS = {
+    "early_stopping": "early stopping",
+    "time_budget": "the time budget (max_minutes)",
+    "max_epochs": "reaching the epoch limit",
+}
+
+
 def write_model_card(
     path: Path, config_yaml: str, metrics: dict[str, Any], info: dict[str, Any]
 ) -> None:
@@ -229,7 +237,8 @@ ALIGNN property model trained with matxfer ({date}).
 
 ## Training
 
-Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE);
+Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE;
+training ended by {STOP_WORDS.get(metrics.get("stopped_by"), "an unrecorded reason")});
 its weights are `best.ckpt` and produced every number below. Device: {device}.
 
 ```yaml

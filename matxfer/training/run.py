@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
@@ -225,6 +226,9 @@ def make_trainer(
         stoppers.append(
             EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
         )
+    if config.max_minutes is not None:
+        # Checked at epoch ends, so every epoch trained is also validated.
+        stoppers.append(Timer(timedelta(minutes=config.max_minutes), interval="epoch"))
     return pl.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -246,6 +250,15 @@ def make_trainer(
     )
 
 
+def stop_reason(trainer: pl.Trainer, config: TrainConfig) -> str:
+    """Why training ended: ``early_stopping``, ``time_budget`` or ``max_epochs``."""
+    if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+        return "early_stopping"
+    if any(isinstance(c, Timer) and c.time_remaining() <= 0 for c in trainer.callbacks):
+        return "time_budget"
+    return "max_epochs"
+
+
 def _write_outputs(
     out: Path,
     module: PropertyModule,
@@ -255,6 +268,7 @@ def _write_outputs(
     info: dict[str, Any],
     best_epoch: int | None,
     epochs_trained: int,
+    stopped_by: str,
 ) -> dict[str, Any]:
     """Evaluate the best weights on every split and write metrics, predictions and plots."""
     names, transform = splits.target_names, module.transform
@@ -263,6 +277,7 @@ def _write_outputs(
         "target_transform": transform.kind,
         "best_epoch": best_epoch,
         "epochs_trained": epochs_trained,
+        "stopped_by": stopped_by,
     }
     outputs: dict[str, Any] = {}
     for split, records in splits.parts().items():
@@ -410,6 +425,14 @@ def train(
         if graphs["test"]:
             trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = _write_outputs(
-        out, module, splits, graphs, config, info, best.get("epoch"), trainer.current_epoch
+        out,
+        module,
+        splits,
+        graphs,
+        config,
+        info,
+        best.get("epoch"),
+        trainer.current_epoch,
+        stop_reason(trainer, config),
     )
     return TrainResult(out, out / BEST_CHECKPOINT, metrics, config)

@@ -123,6 +123,24 @@ def test_same_seed_gives_identical_metrics(
     assert again.metrics == trained_run.metrics
 
 
+def test_training_records_why_it_stopped(
+    trained_run: TrainResult, tiny_data: Path, tmp_path: Path
+) -> None:
+    assert trained_run.metrics["stopped_by"] == "max_epochs"
+    assert "reaching the epoch limit" in (trained_run.run_dir / "MODEL_CARD.md").read_text()
+    # A budget far shorter than one epoch: the first epoch ends, the budget is spent.
+    budget = train(
+        tiny_data,
+        tmp_path / "budget",
+        config=tiny_config(epochs=50, max_minutes=1e-4),
+        progress=False,
+    )
+    assert budget.metrics["stopped_by"] == "time_budget"
+    assert budget.metrics["epochs_trained"] < 50
+    assert math.isfinite(budget.metrics["test"]["target"]["original"]["r2"])
+    assert "time budget" in (budget.run_dir / "MODEL_CARD.md").read_text()
+
+
 def test_existing_run_is_not_overwritten(trained_run: TrainResult, tiny_data: Path) -> None:
     with pytest.raises(MatxferError, match="already holds a training run"):
         train(tiny_data, trained_run.run_dir, config=tiny_config(), progress=False)

@@ -1,0 +1,5 @@
+"""``python -m matxfer``: the command line, where the ``matxfer`` script is not installed."""
+
+from matxfer.cli import main
+
+main()
