@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from matxfer.models.fused_ops import linear, onednn_matmul, plain_autograd
+from matxfer.models.fused_ops import linear, linear_no_grad, plain_autograd
 
 aten = torch.ops.aten
 
@@ -248,7 +248,7 @@ class _LinearNormSiLU(torch.autograd.Function):
                     grad_x[block] = grad_pre
                 continue
             if grad_x is not None:
-                grad_x[block] = onednn_matmul(grad_pre, weight_t, None, None)
+                grad_x[block] = linear_no_grad(grad_pre, weight_t, None, None)
             grad_weight.addmm_(grad_pre.t(), x[block])  # type: ignore[union-attr]
             if grad_bias is not None:
                 grad_bias += grad_pre.sum(0)
@@ -270,7 +270,7 @@ class _LazyBlocks:
             if self.weight is None:
                 yield self.x[block]
             else:
-                yield onednn_matmul(self.x[block], self.weight, self.bias, None)
+                yield linear_no_grad(self.x[block], self.weight, self.bias, None)
 
 
 def _pre_activations(

@@ -49,11 +49,21 @@ def onednn_available() -> bool:
         return False
 
 
-def onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, add: Tensor | None) -> Tensor:
-    """``x @ weight.T (+ bias) (+ add)``, no autograd: BLAS, or oneDNN when asked for."""
+def linear_no_grad(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    add: Tensor | None,
+    add_in_place: bool = False,
+) -> Tensor:
+    """``x @ weight.T (+ bias) (+ add)``, no autograd: BLAS, or oneDNN when asked for.
+
+    ``add_in_place``: the result may overwrite ``add`` (a temporary of the caller),
+    which saves BLAS copying it into a new tensor first.
+    """
     if x.dtype != torch.float32 or not onednn_available():
-        if add is not None and bias is None:
-            return torch.addmm(add, x, weight.t())  # one BLAS call, no separate add pass
+        if add is not None and bias is None:  # one BLAS call, no separate add pass
+            return add.addmm_(x, weight.t()) if add_in_place else torch.addmm(add, x, weight.t())
         out = F.linear(x, weight, bias)
         return out if add is None else out.add_(add)
     if add is None:
@@ -68,7 +78,7 @@ class _Linear(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return onednn_matmul(x, weight, bias, add)
+        return linear_no_grad(x, weight, bias, add)
 
     @staticmethod
     @once_differentiable
@@ -76,7 +86,7 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, need_add = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_x = onednn_matmul(grad, weight.t().contiguous(), None, None) if need_x else None
+        grad_x = linear_no_grad(grad, weight.t().contiguous(), None, None) if need_x else None
         grad_w = grad.t().mm(x) if need_w else None
         grad_b = grad.sum(0) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b, grad if need_add else None

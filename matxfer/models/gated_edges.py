@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from matxfer.models.block_norm import BlockNorm, row_blocks
-from matxfer.models.fused_ops import GATE_EPS, linear, onednn_matmul, plain_autograd, scatter_sum
+from matxfer.models.fused_ops import GATE_EPS, linear, linear_no_grad, plain_autograd, scatter_sum
 
 aten = torch.ops.aten
 
@@ -69,7 +69,7 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             # s_i + d_j as bags of two rows: one pass instead of two gathers and an add.
             offsets = torch.arange(0, 2 * (stop - start), 2, device=y.device)
             both = F.embedding_bag(pairs[2 * start : 2 * stop], table, offsets, mode="sum")
-            m_block = onednn_matmul(y[block], weight, None, both)
+            m_block = linear_no_grad(y[block], weight, None, both, add_in_place=True)
             m_blocks.append(m_block)
             dst_b = dst[block]
             sigma = torch.sigmoid(m_block)
