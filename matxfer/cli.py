@@ -120,8 +120,8 @@ def data_check(
 # ---------------------------------------------------------------- train / evaluate / predict
 
 
-def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
-    """One table row per split, target and unit system."""
+def _print_metrics(metrics: dict, splits: tuple[str, ...], run_dir: Path | None = None) -> None:
+    """One table row per split, target and unit system; then how training ended."""
     from rich.table import Table
 
     table = Table("split", "target", "units", "n", "R²", "MAE", "RMSE")
@@ -138,6 +138,12 @@ def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
                     f"{stats['rmse']:.4g}",
                 )
     console.print(table)
+    if run_dir is not None:
+        ended = str(metrics.get("stopped_by", "unrecorded")).replace("_", " ")
+        console.print(
+            f"best epoch {metrics['best_epoch']} of {metrics['epochs_trained']} "
+            f"(stopped by {ended}); run saved in {run_dir}"
+        )
 
 
 @app.command()
@@ -189,8 +195,7 @@ def train(
         resume=resume,
         progress=progress,
     )
-    _print_metrics(result.metrics, ("train", "val", "test"))
-    console.print(f"best epoch {result.metrics['best_epoch']}; run saved in {result.run_dir}")
+    _print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
 
 
 RunArgument = Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")]
@@ -306,8 +311,7 @@ def pretrain_multi(
         resume=resume,
         on_merged=show_merge,
     )
-    _print_metrics(result.metrics, ("test",))
-    console.print(f"best epoch {result.metrics['best_epoch']}; run saved in {result.run_dir}")
+    _print_metrics(result.metrics, ("test",), result.run_dir)
 
 
 # ---------------------------------------------------------------- fine-tuning / demo
@@ -429,7 +433,7 @@ def finetune(
         resume=resume,
         progress=progress,
     )
-    _print_metrics(result.metrics, ("train", "val", "test"))
+    _print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
     record = json.loads((result.run_dir / TRANSFER_FILE).read_text())
     leakage = record["leakage"]
     console.print(
@@ -437,10 +441,7 @@ def finetune(
         + (leakage["summary"] if leakage["audited"] else f"not run ({leakage['reason']})"),
         highlight=False,
     )
-    console.print(
-        f"strategy {record['strategy']}, head {record['head']}; best epoch "
-        f"{result.metrics['best_epoch']}; run saved in {result.run_dir}"
-    )
+    console.print(f"strategy {record['strategy']}, head {record['head']}")
 
 
 @app.command()

@@ -6,11 +6,13 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from pymatgen.io.ase import AseAtomsAdaptor
 from training_helpers import synthetic_structures, tiny_config, write_alignn_json
 
@@ -27,6 +29,7 @@ from matxfer.training import (
     train,
 )
 from matxfer.training.outputs import epoch_log
+from matxfer.training.run import stop_reason
 
 RUN_FILES = [
     "best.ckpt",
@@ -139,6 +142,15 @@ def test_training_records_why_it_stopped(
     assert budget.metrics["epochs_trained"] < 50
     assert math.isfinite(budget.metrics["test"]["target"]["original"]["r2"])
     assert "time budget" in (budget.run_dir / "MODEL_CARD.md").read_text()
+
+
+def test_early_stopping_is_named_as_the_stop_reason() -> None:
+    stopper = EarlyStopping(monitor="val_mae", patience=1)
+    stopper.stopped_epoch = 4
+    trainer = SimpleNamespace(callbacks=[stopper], current_epoch=5)
+    assert stop_reason(trainer, tiny_config(epochs=50)) == "early_stopping"
+    stopper.stopped_epoch = 0
+    assert stop_reason(trainer, tiny_config(epochs=5)) == "max_epochs"
 
 
 def test_existing_run_is_not_overwritten(trained_run: TrainResult, tiny_data: Path) -> None:
