@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from matxfer.models import kernels
 from matxfer.models.fused_ops import linear, linear_no_grad, plain_autograd
 
 aten = torch.ops.aten
@@ -71,6 +72,8 @@ class BlockNorm:
         self.grad_weight: Tensor | None = None
         self.grad_bias: Tensor | None = None
         self._scale_shift: tuple[Tensor, Tensor] | None = None
+        self._grad_coefficients: tuple[Tensor, Tensor] | None = None  # backward_sums
+        self._parts: Tensor | None = None  # fused LayerNorm weight/bias gradient sums
         width = like.size(1)
         if stats is not None:
             self.stat1, self.stat2 = stats
@@ -120,6 +123,88 @@ class BlockNorm:
             shift = -self.stat1 * scale
             self._scale_shift = (scale, shift if self.bias is None else shift + self.bias)
         return self._scale_shift
+
+    # -- the fused C kernels' view (matxfer.models.kernels) -----------------------
+    def kernel_affine(self) -> tuple[str, Tensor, Tensor]:
+        """``("layer", weight, bias)`` or ``("affine", scale, shift)`` with ones and
+        zeros for absent parameters; BatchNorm in training after its statistics."""
+        width = self._mean.numel()
+        if self.kind == "layer":
+            ones, zeros = self._mean.new_ones(width), self._mean.new_zeros(width)
+            weight = ones if self.weight is None else self.weight.detach()
+            return "layer", weight, zeros if self.bias is None else self.bias.detach()
+        if self.kind == "none":
+            return "affine", self._mean.new_ones(width), self._mean.new_zeros(width)
+        scale, shift = self.scale_shift()
+        return "affine", scale.detach().contiguous(), shift.detach().contiguous()
+
+    def kernel_coefficients(self) -> tuple[Tensor, Tensor] | None:
+        """BatchNorm's ``dL/dm = c0 + c1·m + scale·dL/da`` terms: zeros unless training,
+        and unless :meth:`backward_sums` ran (no gradient reaches the norm's output)."""
+        if self.kind == "layer":
+            return None
+        if self.kind == "batch" and self._grad_coefficients is not None:
+            c0, c1 = self._grad_coefficients
+            return c0.contiguous(), c1.contiguous()
+        zeros = self._mean.new_zeros(self._mean.numel())
+        return zeros, zeros
+
+    def fused_forward(
+        self,
+        m_block: Tensor,
+        block: slice,
+        out: Tensor | None,
+        residual: Tensor | None,
+        gate: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> None:
+        """The C kernel's forward of one block: ``out = residual + SiLU(Norm(m))``
+        (skipped when ``out`` is ``None``) and, with ``gate = (buffer, value, src)``,
+        the edge gates σ(m)·v[src] | σ(m) into ``buffer``."""
+        mode, scale, shift = self.kernel_affine() if out is not None else ("affine", None, None)
+        layer = mode == "layer"
+        buffer, value, src = gate if gate is not None else (None, None, None)
+        kernels.gate_forward(
+            m_block, value, src, buffer, mode, scale, shift, self.eps, residual, out,
+            self.stat1[block] if layer else None, self.stat2[block] if layer else None,
+        )  # fmt: skip
+
+    def fused_backward(
+        self,
+        m_block: Tensor,
+        grad_out: Tensor | None,
+        block: slice,
+        gate: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The C kernel's ``dL/dm`` of one block from ``dL/d out`` (may be ``None``)
+        and, with ``gate = (dL/dnum, dL/dden, value, src, dst)``, from the gated
+        mean; returns it with the block's ``dL/dnum[dst]·σ`` (else ``None``).
+        LayerNorm's weight and bias gradients gather in per-thread sums until
+        :meth:`fused_finish`."""
+        mode, scale, shift = self.kernel_affine()
+        layer = mode == "layer"
+        if layer and grad_out is not None and self._parts is None:
+            self._parts = m_block.new_zeros(2, torch.get_num_threads(), m_block.size(1))
+        c0, c1 = self.kernel_coefficients() or (None, None)
+        grad_m = torch.empty_like(m_block)
+        dnum, dden, value, src, dst = gate if gate is not None else (None,) * 5
+        gval = None if dnum is None else torch.empty_like(m_block)
+        parts = self._parts if layer and grad_out is not None else None
+        kernels.gate_backward(
+            m_block, grad_out, mode, scale, shift, c0, c1,
+            self.stat1[block] if layer else None, self.stat2[block] if layer else None,
+            dnum, dden, value, src, dst, grad_m, gval,
+            None if parts is None or self.weight is None else parts[0],
+            None if parts is None or self.bias is None else parts[1],
+        )  # fmt: skip
+        return grad_m, gval
+
+    def fused_finish(self) -> None:
+        """LayerNorm's weight and bias gradients: the per-thread sums added up."""
+        if self._parts is not None:
+            if self.weight is not None:
+                self.grad_weight = self._parts[0].sum(0)
+            if self.bias is not None:
+                self.grad_bias = self._parts[1].sum(0)
 
     # -- forward / backward of one block ---------------------------------------
     def forward(self, m_block: Tensor, block: slice | None) -> Tensor:
@@ -214,13 +299,20 @@ class _LinearNormSiLU(torch.autograd.Function):
             for pre in pre_blocks:
                 norm.accumulate(pre)
             norm.finish_statistics()
+        fused = kernels.usable(x, out) and (residual is None or kernels.usable(residual))
         for block, pre in zip(blocks, pre_blocks, strict=True):
+            if fused:
+                norm.fused_forward(
+                    pre, block, out[block], None if residual is None else residual[block]
+                )
+                continue
             activated = F.silu(norm.forward(pre, block), inplace=True)
             if residual is not None:
                 torch.add(activated, residual[block], out=out[block])
             else:
                 out[block] = activated
         ctx.norm_module, ctx.blocks, ctx.has_residual = norm_module, blocks, residual is not None
+        ctx.fused = fused
         ctx.save_for_backward(x, weight, bias, norm.stat1, norm.stat2)
         return out
 
@@ -242,7 +334,10 @@ class _LinearNormSiLU(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if bias is not None else None
         weight_t = weight.t().contiguous() if weight is not None else None
         for block, pre in zip(blocks, pre_blocks, strict=True):
-            grad_pre = norm.backward(pre, grad_out[block], block)
+            if ctx.fused:
+                grad_pre = norm.fused_backward(pre.contiguous(), grad_out[block], block)[0]
+            else:
+                grad_pre = norm.backward(pre, grad_out[block], block)
             if weight is None:
                 if grad_x is not None:
                     grad_x[block] = grad_pre
@@ -252,6 +347,8 @@ class _LinearNormSiLU(torch.autograd.Function):
             grad_weight.addmm_(grad_pre.t(), x[block])  # type: ignore[union-attr]
             if grad_bias is not None:
                 grad_bias += grad_pre.sum(0)
+        if ctx.fused:
+            norm.fused_finish()
         grad_residual = grad_out if ctx.has_residual else None
         return grad_x, grad_weight, grad_bias, grad_residual, None, norm.grad_weight, norm.grad_bias
 

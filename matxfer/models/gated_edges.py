@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from matxfer.models import kernels
 from matxfer.models.block_norm import BlockNorm, row_blocks
 from matxfer.models.fused_ops import GATE_EPS, linear, linear_no_grad, plain_autograd, scatter_sum
 
@@ -61,9 +62,11 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         # m is kept as its blocks (no copy into one tensor); autograd never sees it.
         m_blocks: list[Tensor] = []
         y_new = torch.empty_like(y)
-        numerator = y.new_zeros(num_nodes, width)
-        denominator = y.new_zeros(num_nodes, width)
+        # Gated sums of v (numerator) and of the gates (denominator), side by side.
+        sums = y.new_zeros(num_nodes, 2 * width)
         norm = BlockNorm(norm_module, rows, y)
+        fused = kernels.usable(y, value, table) and src.is_contiguous() and dst.is_contiguous()
+        gate = y.new_empty(min(rows, blocks[0].stop), 2 * width) if fused and blocks else None
         for block in blocks:
             start, stop = block.start, block.stop
             # s_i + d_j as bags of two rows: one pass instead of two gathers and an add.
@@ -71,21 +74,32 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             both = F.embedding_bag(pairs[2 * start : 2 * stop], table, offsets, mode="sum")
             m_block = linear_no_grad(y[block], weight, None, both, add_in_place=True)
             m_blocks.append(m_block)
-            dst_b = dst[block]
-            sigma = torch.sigmoid(m_block)
-            denominator.index_add_(0, dst_b, sigma)
-            numerator.index_add_(0, dst_b, sigma.mul_(value.index_select(0, src[block])))
-            if norm.row_wise:  # normalise while the block is in cache
-                _edge_output(norm, m_block, y, y_new, block, residual)
+            if gate is not None:
+                out = y_new[block] if norm.row_wise else None  # BatchNorm: after statistics
+                res = y[block] if residual and norm.row_wise else None
+                buffer = gate[: stop - start]
+                norm.fused_forward(m_block, block, out, res, (buffer, value, src[block]))
+                sums.index_add_(0, dst[block], buffer)
             else:
+                sigma = torch.sigmoid(m_block)
+                sums[:, width:].index_add_(0, dst[block], sigma)
+                sigma.mul_(value.index_select(0, src[block]))
+                sums[:, :width].index_add_(0, dst[block], sigma)
+                if norm.row_wise:  # normalise while the block is in cache
+                    _edge_output(norm, m_block, y, y_new, block, residual)
+            if not norm.row_wise:
                 norm.accumulate(m_block)
-        h = numerator.div_(denominator.add_(GATE_EPS))
+        denominator = sums[:, width:].add_(GATE_EPS)
+        h = sums[:, :width].div_(denominator)
         if not norm.row_wise:
             norm.finish_statistics()
             for block, m_block in zip(blocks, m_blocks, strict=True):
-                _edge_output(norm, m_block, y, y_new, block, residual)
-        ctx.norm_module, ctx.residual, ctx.blocks, ctx.m_blocks = (
-            norm_module, residual, blocks, m_blocks,
+                if gate is not None:
+                    norm.fused_forward(m_block, block, y_new[block], y[block] if residual else None)
+                else:
+                    _edge_output(norm, m_block, y, y_new, block, residual)
+        ctx.norm_module, ctx.residual, ctx.blocks, ctx.m_blocks, ctx.fused = (
+            norm_module, residual, blocks, m_blocks, gate is not None,
         )  # fmt: skip
         ctx.save_for_backward(y, value, weight, src, dst, denominator, h, norm.stat1, norm.stat2)
         return h, y_new
@@ -105,7 +119,7 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         grad_num = grad_den = None
         if grad_h is not None:
             # h = num / den, so dh/dnum = 1/den and dh/dden = -h/den (node-level).
-            grad_num = grad_h / denominator
+            grad_num = (grad_h / denominator).contiguous()
             grad_den = (grad_num * h).neg_()
 
         grad_y = torch.empty_like(y) if ctx.needs_input_grad[0] else None
@@ -113,11 +127,17 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight)
         for block, m_block in zip(blocks, m_blocks, strict=True):
             src_b, dst_b = src[block], dst[block]
-            if grad_y_new is not None:
-                grad_m = norm.backward(m_block, grad_y_new[block], block)
+            grad_out = None if grad_y_new is None else grad_y_new[block]
+            if ctx.fused:
+                gate = None if grad_num is None else (grad_num, grad_den, value, src_b, dst_b)
+                grad_m, gval = norm.fused_backward(m_block, grad_out, block, gate)
+                if gval is not None:
+                    grad_value.index_add_(0, src_b, gval)
+            elif grad_out is not None:
+                grad_m = norm.backward(m_block, grad_out, block)
             else:
                 grad_m = torch.zeros_like(m_block)
-            if grad_num is not None and grad_den is not None:
+            if not ctx.fused and grad_num is not None and grad_den is not None:
                 sigma = torch.sigmoid(m_block)
                 grad_num_e = grad_num.index_select(0, dst_b)
                 grad_sigma = grad_den.index_select(0, dst_b)
@@ -133,6 +153,8 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             grad_weight.addmm_(grad_m.t(), y[block])
             grad_src.index_add_(0, src_b, grad_m)
             grad_dst.index_add_(0, dst_b, grad_m)
+        if ctx.fused:
+            norm.fused_finish()
         return (
             grad_y, grad_src, grad_dst, grad_value, grad_weight, norm.grad_weight, norm.grad_bias,
             None, None, None, None,

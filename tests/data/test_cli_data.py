@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import alignn_entry
 from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
@@ -18,15 +19,7 @@ NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def write_records(path: Path, targets: list[float]) -> Path:
-    atoms = {
-        "lattice_mat": NACL.lattice.matrix.tolist(),
-        "coords": NACL.frac_coords.tolist(),
-        "elements": ["Na", "Cl"],
-        "cartesian": False,
-    }
-    path.write_text(
-        json.dumps([{"jid": i, "target": t, "atoms": atoms} for i, t in enumerate(targets)])
-    )
+    path.write_text(json.dumps([alignn_entry(NACL, i, t) for i, t in enumerate(targets)]))
     return path
 
 

@@ -8,22 +8,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from builders import alignn_entry
 from pymatgen.core import Lattice, Structure
 
 from matxfer.data import read_dataset
 from matxfer.errors import DataError
 
 NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-RECORD = {
-    "jid": 1,
-    "target": 1.0,
-    "atoms": {
-        "lattice_mat": NACL.lattice.matrix.tolist(),
-        "coords": NACL.frac_coords.tolist(),
-        "elements": ["Na", "Cl"],
-        "cartesian": False,
-    },
-}
+RECORD = alignn_entry(NACL, 1, 1.0)
 TEXT = json.dumps([RECORD, RECORD | {"jid": 2}])
 
 BROKEN_FILES = [

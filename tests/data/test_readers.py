@@ -11,24 +11,11 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write as ase_write
+from builders import alignn_entry
 from pymatgen.core import Lattice, Structure
 
 from matxfer.data import detect_format, read_dataset, records_from_structures
 from matxfer.errors import DataError
-
-
-def alignn_entry(structure: Structure, jid: object, target: float, **extra: float) -> dict:
-    return {
-        "jid": jid,
-        "target": target,
-        **extra,
-        "atoms": {
-            "lattice_mat": structure.lattice.matrix.tolist(),
-            "coords": structure.frac_coords.tolist(),
-            "elements": [site.specie.symbol for site in structure],
-            "cartesian": False,
-        },
-    }
 
 
 def matbench_table(structures: list[Structure], values: list[float], **columns: list) -> dict:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from builders import alignn_entry
 from pymatgen.core import Lattice, Structure
 
 import matxfer.data.registry as registry
@@ -29,13 +30,7 @@ NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def entries(ids: list[int]) -> list[dict]:
-    atoms = {
-        "lattice_mat": NACL.lattice.matrix.tolist(),
-        "coords": NACL.frac_coords.tolist(),
-        "elements": ["Na", "Cl"],
-        "cartesian": False,
-    }
-    return [{"jid": i, "target": i / 10, "atoms": atoms} for i in ids]
+    return [alignn_entry(NACL, i, i / 10) for i in ids]
 
 
 def write_gz(path: Path, data: object) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import alignn_entry
 from pymatgen.core import Lattice, Structure
 
 from matxfer.data import ValidationConfig, read_dataset, validate_records
@@ -20,21 +21,6 @@ from matxfer.data.validate import (
     check_neighbors,
 )
 from matxfer.errors import DataError
-
-
-def entry(structure: Structure, jid: object = 1, target: object = 0.5) -> dict:
-    """An ALIGNN/JARVIS record of ``structure``."""
-    return {
-        "jid": jid,
-        "target": target,
-        "atoms": {
-            "lattice_mat": structure.lattice.matrix.tolist(),
-            "coords": structure.frac_coords.tolist(),
-            "elements": [site.specie.symbol for site in structure],
-            "cartesian": False,
-        },
-    }
-
 
 NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
@@ -126,7 +112,7 @@ BROKEN = [
 def test_broken_record_is_one_named_problem(
     tmp_path: Path, case: str, edit: Callable[[dict], None], reason: str
 ) -> None:
-    good, bad = entry(NACL, jid=7), entry(NACL, jid=8)
+    good, bad = alignn_entry(NACL, jid=7), alignn_entry(NACL, jid=8)
     edit(bad)
     path = tmp_path / "data.json"
     path.write_text(json.dumps([good, bad]))
@@ -162,7 +148,7 @@ VALID_VARIANTS = [
 
 @pytest.mark.parametrize(("case", "edit"), VALID_VARIANTS, ids=[c[0] for c in VALID_VARIANTS])
 def test_unusual_but_valid_records_read(tmp_path: Path, case: str, edit: Callable) -> None:
-    record = entry(NACL, jid=1)
+    record = alignn_entry(NACL, jid=1)
     edit(record)
     path = tmp_path / "ok.json"
     path.write_text(json.dumps([record]))
@@ -174,7 +160,7 @@ def test_unusual_but_valid_records_read(tmp_path: Path, case: str, edit: Callabl
 
 
 def test_nan_literal_in_json_is_rejected(tmp_path: Path) -> None:
-    text = json.dumps([entry(NACL)]).replace('"target": 0.5', '"target": NaN')
+    text = json.dumps([alignn_entry(NACL)]).replace('"target": 0.5', '"target": NaN')
     path = tmp_path / "nan.json"
     path.write_text(text)
     with pytest.raises(DataError) as caught:
@@ -184,11 +170,17 @@ def test_nan_literal_in_json_is_rejected(tmp_path: Path) -> None:
 
 def test_duplicate_ids(tmp_path: Path) -> None:
     path = tmp_path / "dup.json"
-    path.write_text(json.dumps([entry(NACL, 1), entry(NACL, 1), entry(NACL, 2)]))
+    path.write_text(
+        json.dumps([alignn_entry(NACL, 1), alignn_entry(NACL, 1), alignn_entry(NACL, 2)])
+    )
     dataset = read_dataset(path)
     assert dataset.ids == ["1", "2"]
     assert dataset.duplicates_dropped == 1
-    path.write_text(json.dumps([entry(NACL, 1), entry(NACL, 1, target=0.7), entry(NACL, 2)]))
+    path.write_text(
+        json.dumps(
+            [alignn_entry(NACL, 1), alignn_entry(NACL, 1, target=0.7), alignn_entry(NACL, 2)]
+        )
+    )
     with pytest.raises(DataError) as caught:
         read_dataset(path)
     assert [p.index for p in caught.value.problems] == [0, 1]
@@ -197,7 +189,7 @@ def test_duplicate_ids(tmp_path: Path) -> None:
 
 
 def test_all_problems_are_listed(tmp_path: Path) -> None:
-    records = [entry(NACL, jid=i, target=math.nan if i % 2 else 1.0) for i in range(10)]
+    records = [alignn_entry(NACL, jid=i, target=math.nan if i % 2 else 1.0) for i in range(10)]
     path = tmp_path / "many.json"
     path.write_text(json.dumps(records))
     with pytest.raises(DataError, match="5 of 10 records are invalid") as caught:

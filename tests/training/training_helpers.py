@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from builders import TINY_MODEL, jarvis_atoms
 from pymatgen.core import Lattice, Structure
 
 from matxfer.training.config import TrainConfig, resolve_config
@@ -43,12 +44,7 @@ def write_alignn_json(path: Path, structures: list[Structure], labelled: bool = 
     for index, structure in enumerate(structures):
         item = {
             "jid": f"syn-{index}",
-            "atoms": {
-                "lattice_mat": structure.lattice.matrix.tolist(),
-                "coords": structure.frac_coords.tolist(),
-                "elements": [site.specie.symbol for site in structure],
-                "cartesian": False,
-            },
+            "atoms": jarvis_atoms(structure),
         }
         if labelled:
             item["target"] = smooth_target(structure)
@@ -60,14 +56,7 @@ def write_alignn_json(path: Path, structures: list[Structure], labelled: bool = 
 def tiny_config(**overrides: object) -> TrainConfig:
     """1 + 1 layers, width 16, a few epochs: seconds on a CPU."""
     values: dict = {
-        "model": {
-            "alignn_layers": 1,
-            "gcn_layers": 1,
-            "hidden_features": 16,
-            "embedding_features": 16,
-            "edge_input_features": 16,
-            "triplet_input_features": 8,
-        },
+        "model": {**TINY_MODEL},
         "epochs": 3,
         "batch_size": 8,
         "early_stopping_patience": None,

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from builders import TINY_MODEL, alignn_entry
 from pymatgen.core import Lattice, Structure
 
 from matxfer.data.transforms import TargetTransform
@@ -113,18 +114,7 @@ def write_dataset(path: Path, structures: list[Structure], scale: float) -> Path
     items = []
     for index, s in enumerate(structures):
         target = scale * (sum(site.specie.Z for site in s) / len(s) / 10 + s.volume / len(s) / 20)
-        items.append(
-            {
-                "jid": f"{path.stem}-{index}",
-                "target": target,
-                "atoms": {
-                    "lattice_mat": s.lattice.matrix.tolist(),
-                    "coords": s.frac_coords.tolist(),
-                    "elements": [site.specie.symbol for site in s],
-                    "cartesian": False,
-                },
-            }
-        )
+        items.append(alignn_entry(s, f"{path.stem}-{index}", target))
     path.write_text(json.dumps(items))
     return path
 
@@ -156,15 +146,7 @@ def tiny(epochs: int = 2, norm: str = "batch") -> object:
     return resolve_config(
         "fast",
         {
-            "model": {
-                "alignn_layers": 1,
-                "gcn_layers": 1,
-                "hidden_features": 16,
-                "embedding_features": 16,
-                "edge_input_features": 16,
-                "triplet_input_features": 8,
-                "norm": norm,
-            },
+            "model": {**TINY_MODEL, "norm": norm},
             "graph": {"cutoff": 6.0, "max_neighbors": 8},
             "epochs": epochs,
             "batch_size": 8,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import TINY_MODEL, alignn_entry
 from pymatgen.core import Lattice, Structure
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -73,18 +74,7 @@ def write_part(path: Path, numbers: list[int], prefix: str, label, moved: bool) 
         if moved:
             structure.scale_lattice(structure.volume * 1.03)
             structure.translate_sites(list(range(len(structure))), [0.1, 0.2, 0.05])
-        items.append(
-            {
-                "jid": f"{prefix}-{n}",
-                "target": label(CRYSTALS[n]),
-                "atoms": {
-                    "lattice_mat": structure.lattice.matrix.tolist(),
-                    "coords": structure.frac_coords.tolist(),
-                    "elements": [site.specie.symbol for site in structure],
-                    "cartesian": False,
-                },
-            }
-        )
+        items.append(alignn_entry(structure, f"{prefix}-{n}", label(CRYSTALS[n])))
     with gzip.open(path, "wt") as handle:
         json.dump(items, handle)
 
@@ -118,14 +108,7 @@ def tiny_mpt_config(**overrides: object) -> TrainConfig:
     return mpt_config(
         "fast",
         {
-            "model": {
-                "alignn_layers": 1,
-                "gcn_layers": 1,
-                "hidden_features": 16,
-                "embedding_features": 16,
-                "edge_input_features": 16,
-                "triplet_input_features": 8,
-            },
+            "model": {**TINY_MODEL},
             "epochs": 1,
             "batch_size": 8,
             "early_stopping_patience": None,

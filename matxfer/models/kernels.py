@@ -1,0 +1,160 @@
+"""Fused C kernels of the edge-gated update, compiled on first use.
+
+The per-edge work of :mod:`matxfer.models.gated_edges` is a dozen elementwise
+passes (sigmoid, gathers, LayerNorm, SiLU, residual, and their gradients) over
+``[E, 256]`` rows; ``csrc/gated_edges.c`` does each direction in one pass per
+row. It is compiled with the system C compiler (``$CC``, else ``cc``) into the
+cache (``$MATXFER_CACHE/kernels``) the first time it is needed, and loaded with
+:mod:`ctypes`; OpenMP's runtime is the one torch already loaded (same soname),
+so the kernels share torch's threads. Where there is no compiler, or with
+``MATXFER_KERNELS=0``, :func:`load` returns ``None`` and the torch code runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "gated_edges.c"
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+
+#: Norm kinds of the C code.
+NORM_CODES = {"affine": 0, "layer": 1}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(built, target)  # atomic: concurrent processes may build too
+
+
+@cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, or ``None`` (disabled, no compiler, or the build failed)."""
+    if os.environ.get("MATXFER_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    from matxfer.training.inputs import cache_dir  # lazy: training imports models
+
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"gated_edges-{key}.so"
+    try:
+        if not target.is_file():
+            _build(compiler, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        warnings.warn(
+            f"matxfer: could not build the fused CPU kernels ({detail.strip()[:200]}); "
+            "using the slower torch code",
+            stacklevel=2,
+        )
+        return None
+    for name in ("gate_forward", "gate_backward"):
+        getattr(library, name).restype = None
+    return library
+
+
+def _ptr(tensor: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else None)
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels can take these tensors (float32, contiguous, CPU) and are built."""
+    return (
+        all(
+            t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+            for t in tensors
+        )
+        and load() is not None
+    )
+
+
+def gate_forward(
+    m: Tensor,
+    value: Tensor | None,
+    src: Tensor | None,
+    gate: Tensor | None,
+    norm: str,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    residual: Tensor | None,
+    y_new: Tensor | None,
+    mean: Tensor | None,
+    rstd: Tensor | None,
+) -> None:
+    """Fill ``gate`` (``[R, 2F]``: σ·v[src] | σ, skipped when ``None``) and ``y_new``
+    (residual + SiLU(Norm(m)), skipped when ``None``).
+
+    ``norm``: ``"layer"`` (``weight``, ``bias`` its affine parameters; row statistics
+    written to ``mean`` and ``rstd``) or ``"affine"`` (``weight``/``bias`` the
+    per-column scale and shift).
+    """
+    rows, width = m.shape
+    load().gate_forward(  # type: ignore[union-attr]
+        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(value), _ptr(src),
+        _ptr(gate), ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias),
+        ctypes.c_float(eps), _ptr(residual), _ptr(y_new), _ptr(mean), _ptr(rstd),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+
+
+def gate_backward(
+    m: Tensor,
+    grad_out: Tensor | None,
+    norm: str,
+    weight: Tensor,
+    bias: Tensor,
+    coef0: Tensor | None,
+    coef1: Tensor | None,
+    mean: Tensor | None,
+    rstd: Tensor | None,
+    dnum: Tensor | None,
+    dden: Tensor | None,
+    value: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    grad_m: Tensor,
+    gval: Tensor | None,
+    grad_weight_parts: Tensor | None,
+    grad_bias_parts: Tensor | None,
+) -> None:
+    """Fill ``grad_m`` (dL/dm) and ``gval`` (dnum[dst]·σ); with LayerNorm, add its
+    weight/bias gradients into the per-thread ``[threads, F]`` parts. With
+    ``"affine"``, dL/dm = coef0 + coef1·m + scale·dL/da (coefficients required)."""
+    rows, width = m.shape
+    load().gate_backward(  # type: ignore[union-attr]
+        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(grad_out),
+        ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias), _ptr(coef0), _ptr(coef1),
+        _ptr(mean), _ptr(rstd), _ptr(dnum), _ptr(dden), _ptr(value), _ptr(src), _ptr(dst),
+        _ptr(grad_m), _ptr(gval), _ptr(grad_weight_parts), _ptr(grad_bias_parts),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip

@@ -1,0 +1,171 @@
+"""The fused C kernels compute what the torch code computes, or stand aside cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from matxfer.models import block_norm, kernels
+from matxfer.models.gated_edges import edge_gated_update, edge_gated_update_reference
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.MonkeyPatch]:
+    """``kernels.load`` re-decided under the test's environment, in a private cache."""
+    monkeypatch.setenv("MATXFER_CACHE", str(tmp_path))
+    kernels.load.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    kernels.load.cache_clear()
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    norm = nn.LayerNorm(width) if kind == "layer" else nn.BatchNorm1d(width)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    if kind == "batch-eval":
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.eval()
+    return norm
+
+
+def _problem(seed: int, nodes: int = 40, edges: int = 700, width: int = 32):
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, nodes, (edges,), generator=gen)
+    dst = torch.randint(0, nodes, (edges,), generator=gen)
+    shapes = [(edges, width), (nodes, width), (nodes, width), (nodes, width), (width, width)]
+    tensors = [torch.randn(*shape, generator=gen) / (4 if shape == (width, width) else 1)
+               for shape in shapes]  # fmt: skip
+    return tensors, src, dst
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+@pytest.mark.parametrize("kind", ["layer", "batch", "batch-eval", "none"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_fused_kernels_match_float64_autograd(
+    monkeypatch: pytest.MonkeyPatch, kind: str, residual: bool
+) -> None:
+    monkeypatch.setattr(block_norm, "BLOCK_ELEMENTS", 256 * 32)  # several blocks, one short
+    calls = []
+    for name in ("gate_forward", "gate_backward"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a)
+        )
+    tensors, src, dst = _problem(seed=7)
+    norm = _norm(kind, 32)
+    exact_norm = _norm(kind, 32).double()
+    exact_norm.load_state_dict(norm.state_dict())
+    inputs = [t.clone().requires_grad_() for t in tensors]
+    exact_inputs = [t.double().requires_grad_() for t in tensors]
+
+    got = edge_gated_update(*inputs, src, dst, norm, residual)
+    want = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm, residual)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+    weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(1)) for t in got]
+    params = list(norm.parameters())
+    grads = torch.autograd.grad(
+        sum((t * w).sum() for t, w in zip(got, weights, strict=True)), inputs + params
+    )
+    exact = torch.autograd.grad(
+        sum((t * w.double()).sum() for t, w in zip(want, weights, strict=True)),
+        exact_inputs + list(exact_norm.parameters()),
+    )
+    for a, b in zip(grads, exact, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
+    assert calls.count("gate_backward") == 3  # the fused path ran, block by block
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+def test_fused_and_torch_paths_agree_and_kernels_can_be_switched_off(
+    fresh_kernels: pytest.MonkeyPatch,
+) -> None:
+    tensors, src, dst = _problem(seed=3)
+    norm = nn.LayerNorm(32)
+    fused = edge_gated_update(*tensors, src, dst, norm)
+    fresh_kernels.setenv("MATXFER_KERNELS", "0")
+    kernels.load.cache_clear()
+    assert kernels.load() is None
+    plain = edge_gated_update(*tensors, src, dst, norm)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_build_warns_once_and_leaves_the_torch_code(
+    fresh_kernels: pytest.MonkeyPatch,
+) -> None:
+    fresh_kernels.setenv("CC", "false")  # a "compiler" that always fails
+    fresh_kernels.setattr(kernels.shutil, "which", lambda name: "/bin/false")
+    with pytest.warns(UserWarning, match="could not build the fused CPU kernels"):
+        assert kernels.load() is None
+    tensors, src, dst = _problem(seed=5, edges=50)
+    h, y_new = edge_gated_update(*tensors, src, dst, nn.LayerNorm(32))
+    assert torch.isfinite(h).all() and torch.isfinite(y_new).all()
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+@pytest.mark.parametrize("kind", ["layer", "batch"])
+@pytest.mark.parametrize("used", ["h", "y_new"])
+def test_fused_backward_when_only_one_output_is_used(kind: str, used: str) -> None:
+    # The last ALIGNN layer's edge output feeds nothing: only h carries a gradient.
+    tensors, src, dst = _problem(seed=11)
+    norm = _norm(kind, 32)
+    exact_norm = _norm(kind, 32).double()
+    exact_norm.load_state_dict(norm.state_dict())
+    inputs = [t.clone().requires_grad_() for t in tensors]
+    exact_inputs = [t.double().requires_grad_() for t in tensors]
+    h, y_new = edge_gated_update(*inputs, src, dst, norm)
+    exact_h, exact_y_new = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm)
+    out, exact_out = (h, exact_h) if used == "h" else (y_new, exact_y_new)
+    grads = torch.autograd.grad(out.square().sum(), inputs, allow_unused=True)
+    exact = torch.autograd.grad(exact_out.square().sum(), exact_inputs, allow_unused=True)
+    for a, b, like in zip(grads, exact, exact_inputs, strict=True):
+        a = torch.zeros_like(like) if a is None else a.double()  # unused: zero either way
+        torch.testing.assert_close(
+            a, torch.zeros_like(like) if b is None else b, rtol=1e-3, atol=1e-4
+        )
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+@pytest.mark.parametrize("kind", ["layer", "batch", "batch-eval", "none"])
+@pytest.mark.parametrize("layer", ["mlp", "residual"])
+def test_fused_norm_silu_layers_match_float64_autograd(
+    monkeypatch: pytest.MonkeyPatch, kind: str, layer: str
+) -> None:
+    monkeypatch.setattr(block_norm, "BLOCK_ELEMENTS", 100 * 32)
+    gen = torch.Generator().manual_seed(2)
+    x, weight, bias, residual = (
+        torch.randn(250, 24, generator=gen), torch.randn(32, 24, generator=gen) / 5,
+        torch.randn(32, generator=gen), torch.randn(250, 32, generator=gen),
+    )  # fmt: skip
+    norm, exact_norm = _norm(kind, 32), _norm(kind, 32).double()
+    exact_norm.load_state_dict(norm.state_dict())
+
+    def run(tensors: list[torch.Tensor], module: nn.Module) -> torch.Tensor:
+        x, weight, bias, residual = tensors
+        if layer == "mlp":
+            return block_norm.linear_norm_silu(x, weight, bias, module)
+        return block_norm.norm_silu(torch.nn.functional.linear(x, weight, bias), module, residual)
+
+    inputs = [t.clone().requires_grad_() for t in (x, weight, bias, residual)]
+    exact_inputs = [t.double().requires_grad_() for t in (x, weight, bias, residual)]
+    got, want = run(inputs, norm), run(exact_inputs, exact_norm)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    probe = torch.randn(got.shape, generator=gen)
+    params = [*inputs, *norm.parameters()]
+    exact_params = [*exact_inputs, *exact_norm.parameters()]
+    grads = torch.autograd.grad((got * probe).sum(), params, allow_unused=True)
+    exact = torch.autograd.grad((want * probe.double()).sum(), exact_params, allow_unused=True)
+    for a, b in zip(grads, exact, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
