@@ -53,6 +53,16 @@ def _build(compiler: str, target: Path) -> None:
         os.replace(built, target)  # atomic: concurrent processes may build too
 
 
+def _cpu_id() -> bytes:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return b""
+    return "\n".join(
+        sorted({line for line in lines if line.startswith(("flags", "model name"))})
+    ).encode()
+
+
 @cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, or ``None`` (disabled, no compiler, or the build failed)."""
@@ -63,9 +73,11 @@ def load() -> ctypes.CDLL | None:
         return None
     from matxfer.training.inputs import cache_dir  # lazy: training imports models
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"gated_edges-{key}.so"
     try:
+        # -march=native: the build is for this CPU, so its flags are part of the key
+        # (a cache shared by different machines gets one build per CPU type).
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_id())
+        target = cache_dir() / "kernels" / f"gated_edges-{key.hexdigest()[:16]}.so"
         if not target.is_file():
             _build(compiler, target)
         library = ctypes.CDLL(str(target))
