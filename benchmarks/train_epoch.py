@@ -262,6 +262,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         result["val_mae"] = float(torch.cat(errors).mean())
     result.update(
         seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
+        each_epoch=" / ".join(f"{seconds:.1f}" for seconds in epoch_seconds),
         seconds_per_batch=sum(batch_seconds) / len(batch_seconds),
         triplets_per_batch=sum(triplets) / len(triplets),
         step_flops=sum(flops) / len(flops),
@@ -341,6 +342,7 @@ def main() -> None:
         ("triplets per batch", "triplets_per_batch", "{:,.0f}"),
         ("seconds per batch", "seconds_per_batch", "{:.3f}"),
         ("seconds per epoch", "seconds_per_epoch", "{:.1f}"),
+        ("  each epoch", "each_epoch", "{}"),
         ("peak memory (GB)", "peak_memory_gb", "{:.2f}"),
         ("  before training (GB)", "baseline_memory_gb", "{:.2f}"),
     ]
@@ -348,7 +350,7 @@ def main() -> None:
         rows.append((f"val MAE after {args.epochs} ep.", "val_mae", "{:.4f}"))
     for label, key, fmt in rows:
         other = fmt.format(theirs[key]) if theirs else "-"
-        print(f"{label:24}{fmt.format(ours[key]):>12}{other:>12}")
+        print(f"{label:24}{' ' + fmt.format(ours[key]):>12}{' ' + other:>12}")
     print(
         f"matxfer step: {ours['step_flops'] / 1e9:.1f} GFLOP (matmul, fwd+bwd) in "
         f"{ours['seconds_per_batch']:.3f} s = {achieved:.1f} GFLOP/s; measured fp32 matmul "
