@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from matxfer.graphs.data import CrystalGraph
 
@@ -61,3 +61,19 @@ def permuted(graph: CrystalGraph, seed: int) -> CrystalGraph:
         angle_cos=graph.angle_cos[pair_perm],
         num_nodes=graph.num_nodes,
     )
+
+
+def random_norm(kind: str, width: int, momentum: float | None = 0.1) -> nn.Module:
+    """A norm of ``kind`` (``layer``, ``batch``, ``batch-eval``, ``none``) with random
+    affine parameters (and, for ``batch-eval``, random running statistics)."""
+    if kind == "none":
+        return nn.Identity()
+    norm = nn.LayerNorm(width) if kind == "layer" else nn.BatchNorm1d(width, momentum=momentum)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    if kind == "batch-eval":
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.eval()
+    return norm

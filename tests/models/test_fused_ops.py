@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_graphs import random_norm
 from torch import nn
 from torch.nn import functional as F
 
@@ -21,17 +22,7 @@ def _edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tensor, tor
 
 
 def _norm(kind: str, width: int) -> nn.Module:
-    if kind == "none":
-        return nn.Identity()
-    norm = nn.LayerNorm(width) if kind == "layer" else nn.BatchNorm1d(width, momentum=None)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    if kind == "batch-eval":
-        norm.running_mean.normal_()
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.eval()
-    return norm.double()
+    return random_norm(kind, width, momentum=None).double()
 
 
 def _inputs(width: int = 4, num_nodes: int = 6, num_edges: int = 23) -> list[torch.Tensor]:

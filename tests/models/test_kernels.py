@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from model_graphs import random_norm
 from torch import nn
 
 from matxfer.models import block_norm, kernels
@@ -23,17 +24,7 @@ def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.
 
 
 def _norm(kind: str, width: int) -> nn.Module:
-    if kind == "none":
-        return nn.Identity()
-    norm = nn.LayerNorm(width) if kind == "layer" else nn.BatchNorm1d(width)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    if kind == "batch-eval":
-        norm.running_mean.normal_()
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.eval()
-    return norm
+    return random_norm(kind, width)
 
 
 def _problem(seed: int, nodes: int = 40, edges: int = 700, width: int = 32):
