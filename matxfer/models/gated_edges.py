@@ -16,6 +16,9 @@ block stay in cache and only :math:`y` and :math:`m` are kept for the
 backward pass (plain autograd would keep five ``[E, F]`` tensors).
 BatchNorm needs column statistics over all rows, so with it the rows are
 visited twice (:class:`~matxfer.models.block_norm.BlockNorm`).
+Where the C kernels of :mod:`matxfer.models.kernels` are built, each block's
+elementwise work (gates, norm, SiLU, residual) runs there in one pass per
+row and direction; otherwise in torch ops.
 :func:`edge_gated_update_reference` is the same computation in plain
 autograd: the ground truth in tests, and what runs under ``torch.compile``
 and CPU autocast.
@@ -65,7 +68,9 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         # Gated sums of v (numerator) and of the gates (denominator), side by side.
         sums = y.new_zeros(num_nodes, 2 * width)
         norm = BlockNorm(norm_module, rows, y)
-        fused = kernels.usable(y, value, table) and src.is_contiguous() and dst.is_contiguous()
+        fused = kernels.usable(y, value, table) and all(
+            index.dtype == torch.int64 and index.is_contiguous() for index in (src, dst)
+        )
         gate = y.new_empty(min(rows, blocks[0].stop), 2 * width) if fused and blocks else None
         for block in blocks:
             start, stop = block.start, block.stop
