@@ -6,8 +6,10 @@ passes (sigmoid, gathers, LayerNorm, SiLU, residual, and their gradients) over
 row. It is compiled with the system C compiler (``$CC``, else ``cc``) into the
 cache (``$MATXFER_CACHE/kernels``) the first time it is needed, and loaded with
 :mod:`ctypes`; OpenMP's runtime is the one torch already loaded (same soname),
-so the kernels share torch's threads. Where there is no compiler, or with
-``MATXFER_KERNELS=0``, :func:`load` returns ``None`` and the torch code runs.
+so the kernels share torch's threads (a torch built with another OpenMP, such
+as Intel's, would run a second thread pool beside them). Linux only: elsewhere,
+where there is no compiler, or with ``MATXFER_KERNELS=0``, :func:`load`
+returns ``None`` and the torch code runs.
 """
 
 from __future__ import annotations
