@@ -174,10 +174,12 @@ class BlockNorm:
         grad_out: Tensor | None,
         block: slice,
         gate: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+        grad_out_copy: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """The C kernel's ``dL/dm`` of one block from ``dL/d out`` (may be ``None``)
         and, with ``gate = (dL/dnum, dL/dden, value, src, dst)``, from the gated
         mean; returns it with the block's ``dL/dnum[dst]·σ`` (else ``None``).
+        ``grad_out_copy`` receives a copy of ``grad_out`` in the same pass.
         LayerNorm's weight and bias gradients gather in per-thread sums until
         :meth:`fused_finish`."""
         mode, scale, shift = self.kernel_affine()
@@ -194,7 +196,7 @@ class BlockNorm:
             self.stat1[block] if layer else None, self.stat2[block] if layer else None,
             dnum, dden, value, src, dst, grad_m, gval,
             None if parts is None or self.weight is None else parts[0],
-            None if parts is None or self.bias is None else parts[1],
+            None if parts is None or self.bias is None else parts[1], grad_out_copy,
         )  # fmt: skip
         return grad_m, gval
 

@@ -133,9 +133,16 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         for block, m_block in zip(blocks, m_blocks, strict=True):
             src_b, dst_b = src[block], dst[block]
             grad_out = None if grad_y_new is None else grad_y_new[block]
+            # With a residual, dL/dy = dL/dy' + dL/dm W: the kernel copies dL/dy' into
+            # grad_y in its pass, and the matmul adds in place (no separate copy).
+            copy_residual = (
+                ctx.fused and grad_y is not None and ctx.residual and grad_out is not None
+            )
             if ctx.fused:
                 gate = None if grad_num is None else (grad_num, grad_den, value, src_b, dst_b)
-                grad_m, gval = norm.fused_backward(m_block, grad_out, block, gate)
+                grad_m, gval = norm.fused_backward(
+                    m_block, grad_out, block, gate, grad_y[block] if copy_residual else None
+                )
                 if gval is not None:
                     grad_value.index_add_(0, src_b, gval)
             elif grad_out is not None:
@@ -151,7 +158,9 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 grad_m.add_(aten.sigmoid_backward(grad_sigma, sigma))
                 del sigma, grad_num_e, grad_sigma
             if grad_y is not None:  # dm/dy = W: written in place, no temporary
-                if ctx.residual and grad_y_new is not None:
+                if copy_residual:
+                    grad_y[block].addmm_(grad_m, weight)
+                elif ctx.residual and grad_y_new is not None:
                     torch.addmm(grad_y_new[block], grad_m, weight, out=grad_y[block])
                 else:
                     torch.mm(grad_m, weight, out=grad_y[block])

@@ -160,15 +160,17 @@ def gate_backward(
     gval: Tensor | None,
     grad_weight_parts: Tensor | None,
     grad_bias_parts: Tensor | None,
+    grad_out_copy: Tensor | None = None,
 ) -> None:
     """Fill ``grad_m`` (dL/dm) and ``gval`` (dnum[dst]·σ); with LayerNorm, add its
     weight/bias gradients into the per-thread ``[threads, F]`` parts. With
-    ``"affine"``, dL/dm = coef0 + coef1·m + scale·dL/da (coefficients required)."""
+    ``"affine"``, dL/dm = coef0 + coef1·m + scale·dL/da (coefficients required).
+    ``grad_out_copy`` (optional) receives a copy of ``grad_out``."""
     rows, width = m.shape
     load().gate_backward(  # type: ignore[union-attr]
         ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(grad_out),
         ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias), _ptr(coef0), _ptr(coef1),
         _ptr(mean), _ptr(rstd), _ptr(dnum), _ptr(dden), _ptr(value), _ptr(src), _ptr(dst),
         _ptr(grad_m), _ptr(gval), _ptr(grad_weight_parts), _ptr(grad_bias_parts),
-        ctypes.c_int(torch.get_num_threads()),
+        _ptr(grad_out_copy), ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip

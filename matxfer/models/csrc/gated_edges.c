@@ -98,6 +98,8 @@ void gate_forward(int64_t rows, int64_t width, const float *m, const float *valu
 
 /* grad_m = dL/dm of each row; gval[r] = dnum[dst_r] * sigma_r (summed into dL/dv by
  * the caller). grad_out may be NULL (y' unused); dnum/dden may be NULL (h unused).
+ * grad_out_copy (may be NULL) receives a copy of grad_out: the caller's residual
+ * gradient, to which it then adds dL/dm W in place.
  * Affine mode: dL/dm = coef0 + coef1 * m + scale * dL/da (coef0 = coef1 = 0 except
  * for BatchNorm in training, whose statistics depend on every row). */
 void gate_backward(int64_t rows, int64_t width, const float *m, const float *grad_out,
@@ -105,7 +107,7 @@ void gate_backward(int64_t rows, int64_t width, const float *m, const float *gra
                    const float *coef1, const float *mean, const float *rstd, const float *dnum,
                    const float *dden, const float *value, const int64_t *src,
                    const int64_t *dst, float *grad_m, float *gval, float *grad_weight_parts,
-                   float *grad_bias_parts, int threads) {
+                   float *grad_bias_parts, float *grad_out_copy, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         float *ga = (float *)malloc(sizeof(float) * 2 * (size_t)width);
@@ -121,6 +123,12 @@ void gate_backward(int64_t rows, int64_t width, const float *m, const float *gra
         for (int64_t r = 0; r < rows; ++r) {
             const float *mr = m + r * width;
             float *gm = grad_m + r * width;
+            if (grad_out && grad_out_copy) { /* the residual's gradient, while in cache */
+                const float *go = grad_out + r * width;
+                float *copy = grad_out_copy + r * width;
+#pragma omp simd
+                for (int64_t f = 0; f < width; ++f) copy[f] = go[f];
+            }
             if (grad_out && norm == NORM_LAYER) {
                 const float *go = grad_out + r * width;
                 const float mu = mean[r], rs = rstd[r];
