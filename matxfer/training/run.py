@@ -250,7 +250,7 @@ def make_trainer(
     )
 
 
-def stop_reason(trainer: pl.Trainer, config: TrainConfig) -> str:
+def stop_reason(trainer: pl.Trainer) -> str:
     """Why training ended: ``early_stopping``, ``time_budget`` or ``max_epochs``."""
     if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
         return "early_stopping"
@@ -433,6 +433,6 @@ def train(
         info,
         best.get("epoch"),
         trainer.current_epoch,
-        stop_reason(trainer, config),
+        stop_reason(trainer),
     )
     return TrainResult(out, out / BEST_CHECKPOINT, metrics, config)

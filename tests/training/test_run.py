@@ -148,9 +148,9 @@ def test_early_stopping_is_named_as_the_stop_reason() -> None:
     stopper = EarlyStopping(monitor="val_mae", patience=1)
     stopper.stopped_epoch = 4
     trainer = SimpleNamespace(callbacks=[stopper], current_epoch=5)
-    assert stop_reason(trainer, tiny_config(epochs=50)) == "early_stopping"
+    assert stop_reason(trainer) == "early_stopping"
     stopper.stopped_epoch = 0
-    assert stop_reason(trainer, tiny_config(epochs=5)) == "max_epochs"
+    assert stop_reason(trainer) == "max_epochs"
 
 
 def test_existing_run_is_not_overwritten(trained_run: TrainResult, tiny_data: Path) -> None:
