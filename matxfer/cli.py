@@ -121,28 +121,14 @@ def data_check(
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...], run_dir: Path | None = None) -> None:
-    """One table row per split, target and unit system; then how training ended."""
-    from rich.table import Table
+    """The metrics table; for a new run, its best epoch and how training ended."""
+    from matxfer.training.outputs import metrics_table, stop_description
 
-    table = Table("split", "target", "units", "n", "R²", "MAE", "RMSE")
-    for split in splits:
-        for name, units in metrics.get(split, {}).items():
-            for unit, stats in units.items():
-                table.add_row(
-                    split,
-                    name,
-                    unit,
-                    str(stats["n"]),
-                    f"{stats['r2']:.4f}",
-                    f"{stats['mae']:.4g}",
-                    f"{stats['rmse']:.4g}",
-                )
-    console.print(table)
+    console.print(metrics_table(metrics, splits))
     if run_dir is not None:
-        ended = str(metrics.get("stopped_by", "unrecorded")).replace("_", " ")
         console.print(
-            f"best epoch {metrics['best_epoch']} of {metrics['epochs_trained']} "
-            f"(stopped by {ended}); run saved in {run_dir}"
+            f"best epoch {metrics['best_epoch']} of {metrics['epochs_trained']} (training "
+            f"ended by {stop_description(metrics)}); run saved in {run_dir}"
         )
 
 

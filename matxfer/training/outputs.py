@@ -199,6 +199,31 @@ STOP_WORDS = {
 }
 
 
+def stop_description(metrics: dict[str, Any]) -> str:
+    """How training ended, in words (the model card and the command line)."""
+    return STOP_WORDS.get(metrics.get("stopped_by", ""), "an unrecorded reason")
+
+
+def metrics_table(metrics: dict[str, Any], splits: Sequence[str]) -> Any:
+    """A rich table of ``metrics.json``: one row per split, target and unit system."""
+    from rich.table import Table
+
+    table = Table("split", "target", "units", "n", "R²", "MAE", "RMSE")
+    for split in splits:
+        for name, units in metrics.get(split, {}).items():
+            for unit, stats in units.items():
+                table.add_row(
+                    split,
+                    name,
+                    unit,
+                    str(stats["n"]),
+                    f"{stats['r2']:.4f}",
+                    f"{stats['mae']:.4g}",
+                    f"{stats['rmse']:.4g}",
+                )
+    return table
+
+
 def write_model_card(
     path: Path, config_yaml: str, metrics: dict[str, Any], info: dict[str, Any]
 ) -> None:
@@ -238,7 +263,7 @@ ALIGNN property model trained with matxfer ({date}).
 ## Training
 
 Best epoch {metrics.get("best_epoch")} of {metrics.get("epochs_trained")} (lowest validation MAE;
-training ended by {STOP_WORDS.get(metrics.get("stopped_by"), "an unrecorded reason")});
+training ended by {stop_description(metrics)});
 its weights are `best.ckpt` and produced every number below. Device: {device}.
 
 ```yaml
