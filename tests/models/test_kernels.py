@@ -27,6 +27,19 @@ def _norm(kind: str, width: int) -> nn.Module:
     return random_norm(kind, width)
 
 
+def _float32_and_float64(
+    kind: str, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]
+) -> tuple[nn.Module, nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+    """A random norm and leaf inputs in float32 (under test), and their float64 copies
+    (the ground truth)."""
+    norm = _norm(kind, 32)
+    exact_norm = _norm(kind, 32).double()
+    exact_norm.load_state_dict(norm.state_dict())
+    inputs = [t.clone().requires_grad_() for t in tensors]
+    exact_inputs = [t.double().requires_grad_() for t in tensors]
+    return norm, exact_norm, inputs, exact_inputs
+
+
 def _problem(seed: int, nodes: int = 40, edges: int = 700, width: int = 32):
     gen = torch.Generator().manual_seed(seed)
     src = torch.randint(0, nodes, (edges,), generator=gen)
@@ -51,11 +64,7 @@ def test_fused_kernels_match_float64_autograd(
             kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a)
         )
     tensors, src, dst = _problem(seed=7)
-    norm = _norm(kind, 32)
-    exact_norm = _norm(kind, 32).double()
-    exact_norm.load_state_dict(norm.state_dict())
-    inputs = [t.clone().requires_grad_() for t in tensors]
-    exact_inputs = [t.double().requires_grad_() for t in tensors]
+    norm, exact_norm, inputs, exact_inputs = _float32_and_float64(kind, tensors)
 
     got = edge_gated_update(*inputs, src, dst, norm, residual)
     want = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm, residual)
@@ -109,11 +118,7 @@ def test_a_failed_build_warns_once_and_leaves_the_torch_code(
 def test_fused_backward_when_only_one_output_is_used(kind: str, used: str) -> None:
     # The last ALIGNN layer's edge output feeds nothing: only h carries a gradient.
     tensors, src, dst = _problem(seed=11)
-    norm = _norm(kind, 32)
-    exact_norm = _norm(kind, 32).double()
-    exact_norm.load_state_dict(norm.state_dict())
-    inputs = [t.clone().requires_grad_() for t in tensors]
-    exact_inputs = [t.double().requires_grad_() for t in tensors]
+    norm, exact_norm, inputs, exact_inputs = _float32_and_float64(kind, tensors)
     h, y_new = edge_gated_update(*inputs, src, dst, norm)
     exact_h, exact_y_new = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm)
     out, exact_out = (h, exact_h) if used == "h" else (y_new, exact_y_new)
@@ -138,8 +143,7 @@ def test_fused_norm_silu_layers_match_float64_autograd(
         torch.randn(250, 24, generator=gen), torch.randn(32, 24, generator=gen) / 5,
         torch.randn(32, generator=gen), torch.randn(250, 32, generator=gen),
     )  # fmt: skip
-    norm, exact_norm = _norm(kind, 32), _norm(kind, 32).double()
-    exact_norm.load_state_dict(norm.state_dict())
+    norm, exact_norm, inputs, exact_inputs = _float32_and_float64(kind, (x, weight, bias, residual))
 
     def run(tensors: list[torch.Tensor], module: nn.Module) -> torch.Tensor:
         x, weight, bias, residual = tensors
@@ -147,8 +151,6 @@ def test_fused_norm_silu_layers_match_float64_autograd(
             return block_norm.linear_norm_silu(x, weight, bias, module)
         return block_norm.norm_silu(torch.nn.functional.linear(x, weight, bias), module, residual)
 
-    inputs = [t.clone().requires_grad_() for t in (x, weight, bias, residual)]
-    exact_inputs = [t.double().requires_grad_() for t in (x, weight, bias, residual)]
     got, want = run(inputs, norm), run(exact_inputs, exact_norm)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     probe = torch.randn(got.shape, generator=gen)

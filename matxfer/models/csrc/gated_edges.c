@@ -11,9 +11,10 @@
  * (dL/dnum, dL/dden at dst_r), again in one pass. The callers do the scatter sums
  * (index_add_) and the matmuls. Norm is LayerNorm (per-row statistics, recorded in
  * mean/rstd; weight and bias given) or an affine map a = m * scale + shift per
- * column (BatchNorm with statistics over all rows; scale 1, shift 0 for none). Rows run in parallel (OpenMP, static schedule); the
- * LayerNorm weight and bias gradients are summed per thread, so results depend on
- * the thread count only through those sums. Compiled at first use by
+ * column (BatchNorm with statistics over all rows; scale 1, shift 0 for none).
+ * Rows run in parallel (OpenMP, static schedule); the LayerNorm weight and bias
+ * gradients are summed per thread, so results depend on the thread count only
+ * through those sums. Compiled at first use by
  * matxfer/models/kernels.py; the torch code in gated_edges.py is the fallback and
  * the reference in tests.
  */
