@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -108,6 +109,8 @@ class PropertyModule(pl.LightningModule):
             graph_config = GraphConfig.model_validate(graph_config or {})
         self.graph_config = graph_config
         self.target_names = list(target_names)
+        #: (epoch, batch) of the first non-finite training loss, if any.
+        self.diverged_at: tuple[int, int] | None = None
         self.save_hyperparameters(
             {
                 "target_names": self.target_names,
@@ -151,8 +154,19 @@ class PropertyModule(pl.LightningModule):
         )
         return metrics["loss"]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._log_step(batch, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        loss = self._log_step(batch, "train")
+        if not bool(torch.isfinite(loss)):
+            # The optimizer step would write NaN into every weight: skip it and end
+            # training; the best checkpoint so far stays the result.
+            self.diverged_at = (self.current_epoch, batch_idx)
+            self.trainer.should_stop = True
+            rank_zero_warn(
+                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, "
+                f"batch {batch_idx}; stopping, the best checkpoint so far is kept"
+            )
+            return None
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._log_step(batch, "val")

@@ -193,6 +193,7 @@ def software_versions() -> dict[str, str]:
 
 #: How the model card words each ``stopped_by`` of metrics.json.
 STOP_WORDS = {
+    "diverged": "a non-finite loss (training diverged; the best epoch before it is kept)",
     "early_stopping": "early stopping",
     "time_budget": "the time budget (max_minutes)",
     "max_epochs": "reaching the epoch limit",

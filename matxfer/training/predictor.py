@@ -44,6 +44,8 @@ def predict_graphs(
     graphs: Sequence[CrystalGraph],
     batch_size: int = PREDICT_BATCH_SIZE,
     device: torch.device | None = None,
+    ids: Sequence[str] | None = None,
+    source: str = "the model",
 ) -> np.ndarray:
     """Raw model outputs ``[N, P]`` (transformed units), in graph order, eval mode.
 
@@ -52,6 +54,12 @@ def predict_graphs(
         graphs: The graphs.
         batch_size: Graphs per batch.
         device: Where to run (default: :func:`default_device`).
+        ids: Names of the graphs' records, for the error below.
+        source: What the model is (a checkpoint path), for the error below.
+
+    Raises:
+        MatxferError: Some prediction is NaN or infinite: no metric or file
+            should be computed from it.
     """
     device = device or default_device()
     was_training = model.training
@@ -60,7 +68,16 @@ def predict_graphs(
     model.train(was_training)
     if not outputs:
         return np.zeros((0, 0), dtype=np.float64)
-    return torch.cat(outputs).double().numpy()
+    raw = torch.cat(outputs).double().numpy()
+    broken = np.flatnonzero(~np.isfinite(raw).all(axis=1))
+    if broken.size:
+        names = [ids[i] if ids is not None else f"structure #{i}" for i in broken[:5]]
+        more = f" and {broken.size - 5} more" if broken.size > 5 else ""
+        raise MatxferError(
+            f"{source} predicted NaN or infinity for {broken.size} of {len(raw)} structures "
+            f"({', '.join(names)}{more}); its weights are unusable (did its training diverge?)"
+        )
+    return raw
 
 
 def labels_of(records: Sequence[Record], names: Sequence[str]) -> np.ndarray:
@@ -103,9 +120,14 @@ class Predictor:
             f"targets={self.target_names}, device={self.device})"
         )
 
-    def predict_graphs(self, graphs: Sequence[CrystalGraph]) -> np.ndarray:
-        """Predictions ``[N, P]`` in original units for prebuilt graphs."""
-        raw = predict_graphs(self.loaded.model, graphs, device=self.device)
+    def predict_graphs(
+        self, graphs: Sequence[CrystalGraph], ids: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Predictions ``[N, P]`` in original units for prebuilt graphs (``ids``
+        name them in errors)."""
+        raw = predict_graphs(
+            self.loaded.model, graphs, device=self.device, ids=ids, source=str(self.loaded.path)
+        )
         return self.loaded.transform.inverse(raw.reshape(len(graphs), -1))
 
     def predict(
@@ -132,7 +154,7 @@ class Predictor:
             progress,
             [r.id for r in records],
         )
-        return self.predict_graphs(graphs)
+        return self.predict_graphs(graphs, [r.id for r in records])
 
 
 def load_predictor(run_or_ckpt: str | Path, device: torch.device | str | None = None) -> Predictor:

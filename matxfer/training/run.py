@@ -251,8 +251,16 @@ def make_trainer(
 
 
 def stop_reason(trainer: pl.Trainer) -> str:
-    """Why training ended: ``early_stopping``, ``time_budget`` or ``max_epochs``."""
-    if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+    """Why training ended: ``diverged``, ``early_stopping``, ``time_budget`` or ``max_epochs``."""
+    stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+    # By name: EarlyStoppingReason is missing from older Lightning releases.
+    non_finite = any(
+        getattr(getattr(c, "stopping_reason", None), "name", "") == "NON_FINITE_METRIC"
+        for c in stoppers
+    )
+    if non_finite or getattr(trainer.lightning_module, "diverged_at", None) is not None:
+        return "diverged"
+    if any(c.stopped_epoch > 0 for c in stoppers):
         return "early_stopping"
     if any(isinstance(c, Timer) and c.time_remaining() <= 0 for c in trainer.callbacks):
         return "time_budget"
@@ -283,7 +291,13 @@ def _write_outputs(
     for split, records in splits.parts().items():
         if not records:
             continue
-        raw = predict_graphs(module.model, graphs[split], batch_size=config.batch_size * 4)
+        raw = predict_graphs(
+            module.model,
+            graphs[split],
+            batch_size=config.batch_size * 4,
+            ids=[r.id for r in records],
+            source=f"the best checkpoint ({out / BEST_CHECKPOINT})",
+        )
         predictions = transform.inverse(raw.reshape(len(records), -1))
         labels = labels_of(records, names)
         outputs[split] = (labels, predictions)

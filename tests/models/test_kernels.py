@@ -113,6 +113,27 @@ def test_a_failed_build_warns_once_and_leaves_the_torch_code(
 
 
 @pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+@pytest.mark.parametrize("kind", ["layer", "batch-eval", "none"])
+def test_fused_kernels_stay_finite_for_saturated_gates(kind: str) -> None:
+    # Trained models reach gate pre-activations below -88, where float32 exp(-m)
+    # overflows; the kernels once returned NaN there (found on a resumed paper run).
+    tensors, src, dst = _problem(seed=13)
+    tensors[1] = tensors[1] * 150  # s_i: m now spans about ±500
+    assert tensors[1].min() < -200 and tensors[1].max() > 200
+    norm, exact_norm, inputs, exact_inputs = _float32_and_float64(kind, tensors)
+    got = edge_gated_update(*inputs, src, dst, norm)
+    want = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm)
+    for a, b in zip(got, want, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    grads = torch.autograd.grad(sum(t.sum() for t in got), inputs)
+    exact = torch.autograd.grad(sum(t.sum() for t in want), exact_inputs)
+    for a, b in zip(grads, exact, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
 @pytest.mark.parametrize("kind", ["layer", "batch"])
 @pytest.mark.parametrize("used", ["h", "y_new"])
 def test_fused_backward_when_only_one_output_is_used(kind: str, used: str) -> None:

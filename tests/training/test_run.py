@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from pymatgen.io.ase import AseAtomsAdaptor
 from training_helpers import synthetic_structures, tiny_config, write_alignn_json
 
@@ -147,10 +147,60 @@ def test_training_records_why_it_stopped(
 def test_early_stopping_is_named_as_the_stop_reason() -> None:
     stopper = EarlyStopping(monitor="val_mae", patience=1)
     stopper.stopped_epoch = 4
-    trainer = SimpleNamespace(callbacks=[stopper], current_epoch=5)
+    module = SimpleNamespace(diverged_at=None)
+    trainer = SimpleNamespace(callbacks=[stopper], current_epoch=5, lightning_module=module)
     assert stop_reason(trainer) == "early_stopping"
     stopper.stopped_epoch = 0
     assert stop_reason(trainer) == "max_epochs"
+    module.diverged_at = (3, 0)
+    assert stop_reason(trainer) == "diverged"
+
+
+class _InfiniteTargetsFrom(Callback):
+    """Makes every training target infinite from ``epoch`` on: the loss diverges."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch >= self.epoch:
+            batch.y.fill_(math.inf)
+
+
+def test_a_diverging_run_stops_and_keeps_its_best_finite_epoch(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    result = train(
+        tiny_data,
+        tmp_path / "diverged",
+        config=tiny_config(epochs=6),
+        progress=False,
+        callbacks=[_InfiniteTargetsFrom(epoch=2)],
+    )
+    assert result.metrics["stopped_by"] == "diverged"
+    assert result.metrics["epochs_trained"] == 3  # stopped in the first batch of epoch 2
+    assert result.metrics["best_epoch"] in (0, 1)
+    for split in ("train", "val", "test"):
+        assert math.isfinite(result.metrics[split]["target"]["original"]["mae"])
+    last = load_model(result.run_dir / "last.ckpt").model
+    assert all(torch.isfinite(p).all() for p in last.parameters())  # the step was skipped
+    assert "diverged" in (result.run_dir / "MODEL_CARD.md").read_text()
+
+
+def test_non_finite_predictions_are_an_error_naming_the_records(
+    trained_run: TrainResult, tiny_data: Path, tmp_path: Path
+) -> None:
+    loaded = load_model(trained_run.run_dir)
+    with torch.no_grad():
+        next(iter(loaded.model.head.parameters())).fill_(math.nan)
+    path = save_model(
+        tmp_path / "nan.ckpt", loaded.model, loaded.transform, loaded.graph_config,
+        loaded.target_names,
+    )  # fmt: skip
+    first_id = read_dataset(tiny_data).records[0].id
+    for run in (evaluate, predict):
+        with pytest.raises(MatxferError, match=rf"nan\.ckpt predicted NaN .*{first_id}"):
+            run(path, tiny_data)
 
 
 def test_existing_run_is_not_overwritten(trained_run: TrainResult, tiny_data: Path) -> None:

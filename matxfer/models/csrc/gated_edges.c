@@ -27,7 +27,9 @@
 
 #define NORM_LAYER 1
 
-static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* -ffast-math assumes finite values, and its vector expf returns NaN, not inf, past
+ * expf's range (x < -88.7): clamping keeps sigmoid(x) at ~1e-35 there instead. */
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(fminf(-x, 80.0f))); }
 
 /* Per-row LayerNorm statistics, and the row's affine map a = m * A + B. */
 static inline void layer_affine(const float *mr, int64_t width, const float *weight,
