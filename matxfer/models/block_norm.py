@@ -155,17 +155,16 @@ class BlockNorm:
         block: slice,
         out: Tensor | None,
         residual: Tensor | None,
-        gate: tuple[Tensor, Tensor, Tensor] | None = None,
+        gate: kernels.GateInputs | None = None,
     ) -> None:
         """The C kernel's forward of one block: ``out = residual + SiLU(Norm(m))``
-        (skipped when ``out`` is ``None``) and, with ``gate = (buffer, value, src)``,
-        the edge gates σ(m)·v[src] | σ(m) into ``buffer``."""
+        (skipped when ``out`` is ``None``) and, with ``gate``, the edge gates
+        (:func:`matxfer.models.kernels.gate_forward`)."""
         mode, scale, shift = self.kernel_affine() if out is not None else ("affine", None, None)
         layer = mode == "layer"
-        buffer, value, src = gate if gate is not None else (None, None, None)
         kernels.gate_forward(
-            m_block, value, src, buffer, mode, scale, shift, self.eps, residual, out,
-            self.stat1[block] if layer else None, self.stat2[block] if layer else None,
+            m_block, mode, scale, shift, self.eps, residual, out,
+            self.stat1[block] if layer else None, self.stat2[block] if layer else None, gate,
         )  # fmt: skip
 
     def fused_backward(
@@ -173,32 +172,28 @@ class BlockNorm:
         m_block: Tensor,
         grad_out: Tensor | None,
         block: slice,
-        gate: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+        gate: kernels.GateInputs | None = None,
         grad_out_copy: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> Tensor:
         """The C kernel's ``dL/dm`` of one block from ``dL/d out`` (may be ``None``)
-        and, with ``gate = (dL/dnum, dL/dden, value, src, dst)``, from the gated
-        mean; returns it with the block's ``dL/dnum[dst]·σ`` (else ``None``).
-        ``grad_out_copy`` receives a copy of ``grad_out`` in the same pass.
-        LayerNorm's weight and bias gradients gather in per-thread sums until
-        :meth:`fused_finish`."""
+        and, with ``gate``, from the gated mean, with the node sums
+        (:func:`matxfer.models.kernels.gate_backward`). ``grad_out_copy`` receives a
+        copy of ``grad_out`` in the same pass. LayerNorm's weight and bias gradients
+        gather in per-thread sums until :meth:`fused_finish`."""
         mode, scale, shift = self.kernel_affine()
         layer = mode == "layer"
         if layer and grad_out is not None and self._parts is None:
             self._parts = m_block.new_zeros(2, torch.get_num_threads(), m_block.size(1))
         c0, c1 = self.kernel_coefficients() or (None, None)
         grad_m = torch.empty_like(m_block)
-        dnum, dden, value, src, dst = gate if gate is not None else (None,) * 5
-        gval = None if dnum is None else torch.empty_like(m_block)
         parts = self._parts if layer and grad_out is not None else None
         kernels.gate_backward(
             m_block, grad_out, mode, scale, shift, c0, c1,
-            self.stat1[block] if layer else None, self.stat2[block] if layer else None,
-            dnum, dden, value, src, dst, grad_m, gval,
+            self.stat1[block] if layer else None, self.stat2[block] if layer else None, grad_m,
             None if parts is None or self.weight is None else parts[0],
-            None if parts is None or self.bias is None else parts[1], grad_out_copy,
+            None if parts is None or self.bias is None else parts[1], grad_out_copy, gate,
         )  # fmt: skip
-        return grad_m, gval
+        return grad_m
 
     def fused_finish(self) -> None:
         """LayerNorm's weight and bias gradients: the per-thread sums added up."""
@@ -337,7 +332,7 @@ class _LinearNormSiLU(torch.autograd.Function):
         weight_t = weight.t().contiguous() if weight is not None else None
         for block, pre in zip(blocks, pre_blocks, strict=True):
             if ctx.fused:
-                grad_pre = norm.fused_backward(pre.contiguous(), grad_out[block], block)[0]
+                grad_pre = norm.fused_backward(pre.contiguous(), grad_out[block], block)
             else:
                 grad_pre = norm.backward(pre, grad_out[block], block)
             if weight is None:

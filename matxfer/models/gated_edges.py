@@ -60,51 +60,48 @@ class _EdgeGatedUpdate(torch.autograd.Function):
         rows, width = y.shape
         num_nodes = value.size(0)
         blocks = row_blocks(rows, width)
-        table = torch.cat([src_term, dst_term])
-        pairs = torch.stack([src, dst + num_nodes], dim=1).view(-1)
         # m is kept as its blocks (no copy into one tensor); autograd never sees it.
         m_blocks: list[Tensor] = []
         y_new = torch.empty_like(y)
         # Gated sums of v (numerator) and of the gates (denominator), side by side.
         sums = y.new_zeros(num_nodes, 2 * width)
         norm = BlockNorm(norm_module, rows, y)
-        fused = kernels.usable(y, value, table) and all(
+        fused = kernels.usable(y, value, src_term, dst_term) and all(
             index.dtype == torch.int64 and index.is_contiguous() for index in (src, dst)
         )
-        gate = y.new_empty(min(rows, blocks[0].stop), 2 * width) if fused and blocks else None
-        for block in blocks:
-            start, stop = block.start, block.stop
-            # s_i + d_j as bags of two rows: one pass instead of two gathers and an add.
-            offsets = torch.arange(0, 2 * (stop - start), 2, device=y.device)
-            both = F.embedding_bag(pairs[2 * start : 2 * stop], table, offsets, mode="sum")
-            m_block = linear_no_grad(y[block], weight, None, both, add_in_place=True)
-            m_blocks.append(m_block)
-            if gate is not None:
+        if fused:
+            parts = kernels.node_parts(y, num_nodes, 2 * width)
+            for block in blocks:
+                # The kernel adds s_i + d_j to W y in place, then gates and sums the rows.
+                m_block = torch.mm(y[block], weight.t())
+                gate = kernels.GateInputs(
+                    src[block], dst[block], value, sums, parts, src_term, dst_term
+                )
                 out = y_new[block] if norm.row_wise else None  # BatchNorm: after statistics
                 res = y[block] if residual and norm.row_wise else None
-                buffer = gate[: stop - start]
-                norm.fused_forward(m_block, block, out, res, (buffer, value, src[block]))
-                sums.index_add_(0, dst[block], buffer)
-            else:
-                sigma = torch.sigmoid(m_block)
-                sums[:, width:].index_add_(0, dst[block], sigma)
-                sigma.mul_(value.index_select(0, src[block]))
-                sums[:, :width].index_add_(0, dst[block], sigma)
-                if norm.row_wise:  # normalise while the block is in cache
+                norm.fused_forward(m_block, block, out, res, gate)
+                m_blocks.append(m_block)
+                if not norm.row_wise:
+                    norm.accumulate(m_block)
+            kernels.add_parts(sums, parts)
+        else:
+            m_blocks = _gated_sums(y, src_term, dst_term, value, weight, src, dst, sums, blocks)
+            for block, m_block in zip(blocks, m_blocks, strict=True):
+                if norm.row_wise:
                     _edge_output(norm, m_block, y, y_new, block, residual)
-            if not norm.row_wise:
-                norm.accumulate(m_block)
+                else:
+                    norm.accumulate(m_block)
         denominator = sums[:, width:].add_(GATE_EPS)
         h = sums[:, :width].div_(denominator)
         if not norm.row_wise:
             norm.finish_statistics()
             for block, m_block in zip(blocks, m_blocks, strict=True):
-                if gate is not None:
+                if fused:
                     norm.fused_forward(m_block, block, y_new[block], y[block] if residual else None)
                 else:
                     _edge_output(norm, m_block, y, y_new, block, residual)
         ctx.norm_module, ctx.residual, ctx.blocks, ctx.m_blocks, ctx.fused = (
-            norm_module, residual, blocks, m_blocks, gate is not None,
+            norm_module, residual, blocks, m_blocks, fused,
         )  # fmt: skip
         ctx.save_for_backward(y, value, weight, src, dst, denominator, h, norm.stat1, norm.stat2)
         return h, y_new
@@ -128,8 +125,13 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             grad_den = (grad_num * h).neg_()
 
         grad_y = torch.empty_like(y) if ctx.needs_input_grad[0] else None
-        grad_src, grad_dst, grad_value = (torch.zeros_like(value) for _ in range(3))
         grad_weight = torch.zeros_like(weight)
+        width = y.size(1)
+        if ctx.fused:  # dL/ds | dL/dv | dL/dd, summed per node by the kernel
+            node_grads = y.new_zeros(value.size(0), 3 * width)
+            parts = kernels.node_parts(y, value.size(0), 3 * width)
+        else:
+            grad_src, grad_dst, grad_value = (torch.zeros_like(value) for _ in range(3))
         for block, m_block in zip(blocks, m_blocks, strict=True):
             src_b, dst_b = src[block], dst[block]
             grad_out = None if grad_y_new is None else grad_y_new[block]
@@ -139,24 +141,19 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 ctx.fused and grad_y is not None and ctx.residual and grad_out is not None
             )
             if ctx.fused:
-                gate = None if grad_num is None else (grad_num, grad_den, value, src_b, dst_b)
-                grad_m, gval = norm.fused_backward(
+                gate = kernels.GateInputs(
+                    src_b, dst_b, value, node_grads, parts, dnum=grad_num, dden=grad_den
+                )
+                grad_m = norm.fused_backward(
                     m_block, grad_out, block, gate, grad_y[block] if copy_residual else None
                 )
-                if gval is not None:
-                    grad_value.index_add_(0, src_b, gval)
-            elif grad_out is not None:
-                grad_m = norm.backward(m_block, grad_out, block)
             else:
-                grad_m = torch.zeros_like(m_block)
-            if not ctx.fused and grad_num is not None and grad_den is not None:
-                sigma = torch.sigmoid(m_block)
-                grad_num_e = grad_num.index_select(0, dst_b)
-                grad_sigma = grad_den.index_select(0, dst_b)
-                grad_sigma.addcmul_(grad_num_e, value.index_select(0, src_b))
-                grad_value.index_add_(0, src_b, grad_num_e.mul_(sigma))
-                grad_m.add_(aten.sigmoid_backward(grad_sigma, sigma))
-                del sigma, grad_num_e, grad_sigma
+                grad_m = _torch_grad_m(
+                    norm, m_block, grad_out, block, grad_num, grad_den, value, src_b, dst_b,
+                    grad_value,
+                )  # fmt: skip
+                grad_src.index_add_(0, src_b, grad_m)
+                grad_dst.index_add_(0, dst_b, grad_m)
             if grad_y is not None:  # dm/dy = W: written in place, no temporary
                 if copy_residual:
                     grad_y[block].addmm_(grad_m, weight)
@@ -165,10 +162,10 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 else:
                     torch.mm(grad_m, weight, out=grad_y[block])
             grad_weight.addmm_(grad_m.t(), y[block])
-            grad_src.index_add_(0, src_b, grad_m)
-            grad_dst.index_add_(0, dst_b, grad_m)
         if ctx.fused:
             norm.fused_finish()
+            kernels.add_parts(node_grads, parts)
+            grad_src, grad_value, grad_dst = node_grads.split(width, dim=1)
         return (
             grad_y, grad_src, grad_dst, grad_value, grad_weight, norm.grad_weight, norm.grad_bias,
             None, None, None, None,
@@ -183,6 +180,62 @@ def _edge_output(
         torch.add(out, y[block], out=y_new[block])
     else:
         y_new[block] = out
+
+
+def _gated_sums(
+    y: Tensor,
+    src_term: Tensor,
+    dst_term: Tensor,
+    value: Tensor,
+    weight: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    sums: Tensor,
+    blocks: list[slice],
+) -> list[Tensor]:
+    """The torch code's forward: m per block, and the gated sums added into ``sums``."""
+    width = y.size(1)
+    table = torch.cat([src_term, dst_term])
+    pairs = torch.stack([src, dst + value.size(0)], dim=1).view(-1)
+    m_blocks = []
+    for block in blocks:
+        start, stop = block.start, block.stop
+        # s_i + d_j as bags of two rows: one pass instead of two gathers and an add.
+        offsets = torch.arange(0, 2 * (stop - start), 2, device=y.device)
+        both = F.embedding_bag(pairs[2 * start : 2 * stop], table, offsets, mode="sum")
+        m_block = linear_no_grad(y[block], weight, None, both, add_in_place=True)
+        sigma = torch.sigmoid(m_block)
+        sums[:, width:].index_add_(0, dst[block], sigma)
+        sigma.mul_(value.index_select(0, src[block]))
+        sums[:, :width].index_add_(0, dst[block], sigma)
+        m_blocks.append(m_block)
+    return m_blocks
+
+
+def _torch_grad_m(
+    norm: BlockNorm,
+    m_block: Tensor,
+    grad_out: Tensor | None,
+    block: slice,
+    grad_num: Tensor | None,
+    grad_den: Tensor | None,
+    value: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    grad_value: Tensor,
+) -> Tensor:
+    """The torch code's dL/dm of one block; adds the block's share of dL/dv."""
+    grad_m = (
+        torch.zeros_like(m_block) if grad_out is None else norm.backward(m_block, grad_out, block)
+    )
+    if grad_num is not None and grad_den is not None:
+        sigma = torch.sigmoid(m_block)
+        grad_num_e = grad_num.index_select(0, dst)
+        grad_sigma = grad_den.index_select(0, dst)
+        grad_sigma.addcmul_(grad_num_e, value.index_select(0, src))
+        grad_value.index_add_(0, src, grad_num_e.mul_(sigma))
+        grad_m.add_(aten.sigmoid_backward(grad_sigma, sigma))
+    return grad_m
 
 
 def edge_gated_update_reference(

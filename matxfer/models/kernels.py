@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -29,7 +30,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "gated_edges.c"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+#: Linked without -ffast-math: with it, gcc (< 13) and clang link crtfastmath.o, whose
+#: constructor would switch the whole process (torch, numpy) to flush denormals to zero.
+LINK_FLAGS = ["-shared", "-fopenmp"]
 
 #: Norm kinds of the C code.
 NORM_CODES = {"affine": 0, "layer": 1}
@@ -45,13 +49,12 @@ def _compiler() -> str | None:
 def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        built, obj = Path(tmp) / target.name, Path(tmp) / "gated_edges.o"
+        for command in (
+            [compiler, *FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+            [compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"],
+        ):
+            subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(built, target)  # atomic: concurrent processes may build too
 
 
@@ -78,7 +81,8 @@ def load() -> ctypes.CDLL | None:
     try:
         # -march=native: the build is for this CPU, so its flags are part of the key
         # (a cache shared by different machines gets one build per CPU type).
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_id())
+        flags = " ".join(FLAGS + LINK_FLAGS).encode()
+        key = hashlib.sha256(SOURCE.read_bytes() + flags + _cpu_id())
         target = cache_dir() / "kernels" / f"gated_edges-{key.hexdigest()[:16]}.so"
         if not target.is_file():
             _build(compiler, target)
@@ -96,6 +100,28 @@ def load() -> ctypes.CDLL | None:
     return library
 
 
+@dataclass
+class GateInputs:
+    """The edge-gate side of a kernel call, for one block of edge rows.
+
+    ``src``/``dst``: the block's edge ends; ``value``: node values v; ``s_term``,
+    ``d_term``: node terms added into m (forward; ``None`` when m is complete);
+    ``dnum``, ``dden``: dL/d(num), dL/d(den) per node (backward; ``None`` when h is
+    unused); ``table``: the node sums (output, accumulated); ``parts``: the further
+    threads' tables (:func:`node_parts`).
+    """
+
+    src: Tensor | None = None
+    dst: Tensor | None = None
+    value: Tensor | None = None
+    table: Tensor | None = None
+    parts: Tensor | None = None
+    s_term: Tensor | None = None
+    d_term: Tensor | None = None
+    dnum: Tensor | None = None
+    dden: Tensor | None = None
+
+
 def _ptr(tensor: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else None)
 
@@ -111,11 +137,20 @@ def usable(*tensors: Tensor) -> bool:
     )
 
 
+def node_parts(like: Tensor, nodes: int, columns: int) -> Tensor | None:
+    """Zeroed private node tables ``[threads - 1, nodes, columns]`` of the threads after
+    the first (``None`` on one thread), for the kernels' sums over rows."""
+    threads = torch.get_num_threads()
+    return like.new_zeros(threads - 1, nodes, columns) if threads > 1 else None
+
+
+def add_parts(table: Tensor, parts: Tensor | None) -> Tensor:
+    """``table`` plus the threads' private tables (in place)."""
+    return table if parts is None else table.add_(parts.sum(0))
+
+
 def gate_forward(
     m: Tensor,
-    value: Tensor | None,
-    src: Tensor | None,
-    gate: Tensor | None,
     norm: str,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -124,19 +159,24 @@ def gate_forward(
     y_new: Tensor | None,
     mean: Tensor | None,
     rstd: Tensor | None,
+    gate: GateInputs | None = None,
 ) -> None:
-    """Fill ``gate`` (``[R, 2F]``: σ·v[src] | σ, skipped when ``None``) and ``y_new``
-    (residual + SiLU(Norm(m)), skipped when ``None``).
+    """Fill ``y_new`` (residual + SiLU(Norm(m)), skipped when ``None``) and, with
+    ``gate``, first add ``s[src] + d[dst]`` to ``m`` in place (unless ``gate.s_term``
+    is ``None``) and the gates σ(m)·v[src] | σ(m) into ``gate.table`` ``[N, 2F]``.
 
     ``norm``: ``"layer"`` (``weight``, ``bias`` its affine parameters; row statistics
     written to ``mean`` and ``rstd``) or ``"affine"`` (``weight``/``bias`` the
     per-column scale and shift).
     """
     rows, width = m.shape
+    g = gate or GateInputs()
+    nodes = 0 if g.table is None else g.table.size(0)
     load().gate_forward(  # type: ignore[union-attr]
-        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(value), _ptr(src),
-        _ptr(gate), ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias),
-        ctypes.c_float(eps), _ptr(residual), _ptr(y_new), _ptr(mean), _ptr(rstd),
+        ctypes.c_int64(rows), ctypes.c_int64(width), ctypes.c_int64(nodes), _ptr(m),
+        _ptr(g.s_term), _ptr(g.d_term), _ptr(g.value), _ptr(g.src), _ptr(g.dst),
+        _ptr(g.table), _ptr(g.parts), ctypes.c_int(NORM_CODES[norm]), _ptr(weight),
+        _ptr(bias), ctypes.c_float(eps), _ptr(residual), _ptr(y_new), _ptr(mean), _ptr(rstd),
         ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip
 
@@ -151,26 +191,26 @@ def gate_backward(
     coef1: Tensor | None,
     mean: Tensor | None,
     rstd: Tensor | None,
-    dnum: Tensor | None,
-    dden: Tensor | None,
-    value: Tensor,
-    src: Tensor,
-    dst: Tensor,
     grad_m: Tensor,
-    gval: Tensor | None,
     grad_weight_parts: Tensor | None,
     grad_bias_parts: Tensor | None,
     grad_out_copy: Tensor | None = None,
+    gate: GateInputs | None = None,
 ) -> None:
-    """Fill ``grad_m`` (dL/dm) and ``gval`` (dnum[dst]·σ); with LayerNorm, add its
-    weight/bias gradients into the per-thread ``[threads, F]`` parts. With
-    ``"affine"``, dL/dm = coef0 + coef1·m + scale·dL/da (coefficients required).
-    ``grad_out_copy`` (optional) receives a copy of ``grad_out``."""
+    """Fill ``grad_m`` (dL/dm); with LayerNorm, add its weight/bias gradients into the
+    per-thread ``[threads, F]`` parts. With ``"affine"``, dL/dm = coef0 + coef1·m +
+    scale·dL/da (coefficients required). ``grad_out_copy`` (optional) receives a copy
+    of ``grad_out``. With ``gate``, dL/dm also gets the gated mean's share from
+    ``gate.dnum``/``gate.dden`` (when given), and ``gate.table`` ``[N, 3F]`` receives
+    dL/ds | dL/dv | dL/dd summed per node."""
     rows, width = m.shape
+    g = gate or GateInputs()
+    nodes = 0 if g.table is None else g.table.size(0)
     load().gate_backward(  # type: ignore[union-attr]
-        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(grad_out),
-        ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias), _ptr(coef0), _ptr(coef1),
-        _ptr(mean), _ptr(rstd), _ptr(dnum), _ptr(dden), _ptr(value), _ptr(src), _ptr(dst),
-        _ptr(grad_m), _ptr(gval), _ptr(grad_weight_parts), _ptr(grad_bias_parts),
-        _ptr(grad_out_copy), ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int64(rows), ctypes.c_int64(width), ctypes.c_int64(nodes), _ptr(m),
+        _ptr(grad_out), ctypes.c_int(NORM_CODES[norm]), _ptr(weight), _ptr(bias), _ptr(coef0),
+        _ptr(coef1), _ptr(mean), _ptr(rstd), _ptr(g.dnum), _ptr(g.dden), _ptr(g.value),
+        _ptr(g.src), _ptr(g.dst), _ptr(grad_m), _ptr(g.table), _ptr(g.parts),
+        _ptr(grad_weight_parts), _ptr(grad_bias_parts), _ptr(grad_out_copy),
+        ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip

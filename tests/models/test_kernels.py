@@ -100,6 +100,34 @@ def test_fused_and_torch_paths_agree_and_kernels_can_be_switched_off(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_node_sums_are_right_for_any_thread_count(threads: int) -> None:
+    # Sums over edges into node tables: thread 0 writes the output, the others
+    # private tables that are added afterwards.
+    tensors, src, dst = _problem(seed=17)
+    norm, exact_norm, inputs, exact_inputs = _float32_and_float64("layer", tensors)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = edge_gated_update(*inputs, src, dst, norm)
+        grads = torch.autograd.grad(sum(t.square().sum() for t in got), inputs)
+    finally:
+        torch.set_num_threads(before)
+    want = edge_gated_update_reference(*exact_inputs, src, dst, exact_norm)
+    exact = torch.autograd.grad(sum(t.square().sum() for t in want), exact_inputs)
+    for a, b in zip([*got, *grads], [*want, *exact], strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+def test_loading_the_kernels_keeps_subnormal_floats() -> None:
+    # A library linked with -ffast-math (gcc < 13) switches the whole process to
+    # flush-to-zero when loaded; torch and numpy would then round 1e-40 to 0.
+    tiny = torch.tensor([1e-40])
+    assert (tiny * 1.0).item() > 0
+
+
 def test_a_failed_build_warns_once_and_leaves_the_torch_code(
     fresh_kernels: pytest.MonkeyPatch,
 ) -> None:

@@ -1,22 +1,23 @@
 /* Fused row kernels of matxfer's edge-gated update (float32, CPU).
  *
- * For each edge row r with gate pre-activation m_r (the matmul W y_r + s_i + d_j is
- * done by BLAS before), the forward kernel computes in one pass over the row
+ * For each edge row r = (i -> j) with m_r = W y_r computed by BLAS before, the
+ * forward kernel does in one pass over the row
  *
- *   sigma_r = sigmoid(m_r)                 -> gate[r, F:2F]
- *   sigma_r * v[src_r]                     -> gate[r, 0:F]
- *   y'_r = y_r + SiLU(Norm(m_r))           -> y_new[r]
+ *   m_r += s[i] + d[j]                      (in place: the pre-activation kept for backward)
+ *   num[j] += sigmoid(m_r) * v[i],  den[j] += sigmoid(m_r)
+ *   y'_r = y_r + SiLU(Norm(m_r))            -> y_new[r]
  *
- * and the backward kernel the gradient of m_r from dL/dy'_r and from the gated mean
- * (dL/dnum, dL/dden at dst_r), again in one pass. The callers do the scatter sums
- * (index_add_) and the matmuls. Norm is LayerNorm (per-row statistics, recorded in
- * mean/rstd; weight and bias given) or an affine map a = m * scale + shift per
- * column (BatchNorm with statistics over all rows; scale 1, shift 0 for none).
- * Rows run in parallel (OpenMP, static schedule); the LayerNorm weight and bias
- * gradients are summed per thread, so results depend on the thread count only
- * through those sums. Compiled at first use by
- * matxfer/models/kernels.py; the torch code in gated_edges.py is the fallback and
- * the reference in tests.
+ * and the backward kernel dL/dm_r from dL/dy'_r and from the gated mean (dL/dnum,
+ * dL/dden at j), adding its node terms into dL/ds[i], dL/dv[i] and dL/dd[j] in the
+ * same pass. The callers do the matmuls. Norm is LayerNorm (per-row statistics,
+ * recorded in mean/rstd; weight and bias given) or an affine map a = m * scale + shift
+ * per column (BatchNorm with statistics over all rows; scale 1, shift 0 for none).
+ * Rows run in parallel (OpenMP, static schedule). Sums over rows into node tables
+ * go to thread 0's table (the output) or to one private table per further thread,
+ * which the caller adds up afterwards; so do the LayerNorm weight and bias
+ * gradients. Results depend on the thread count only through those sums.
+ * Compiled at first use by matxfer/models/kernels.py; the torch code in
+ * gated_edges.py is the fallback and the reference in tests.
  */
 #include <math.h>
 #include <stdint.h>
@@ -51,25 +52,45 @@ static inline void layer_affine(const float *mr, int64_t width, const float *wei
     *rs_out = rs;
 }
 
-void gate_forward(int64_t rows, int64_t width, const float *m, const float *value,
-                  const int64_t *src, float *gate, int norm, const float *weight,
-                  const float *bias, float eps, const float *residual, float *y_new,
-                  float *mean_out, float *rstd_out, int threads) {
+/* The node table of the calling thread: the output for thread 0, else its own part. */
+static inline float *thread_table(float *out, float *parts, int64_t size) {
+#ifdef _OPENMP
+    const int thread = omp_get_thread_num();
+#else
+    const int thread = 0;
+#endif
+    return thread == 0 ? out : parts + (int64_t)(thread - 1) * size;
+}
+
+/* m [rows, width] (in/out); s, d, value [nodes, width]; sums [nodes, 2 width]
+ * (num | den, accumulated), sums_parts [threads - 1, nodes, 2 width] zeroed. s and d
+ * may be NULL (m complete); sums NULL skips the gates; y_new NULL skips the output. */
+void gate_forward(int64_t rows, int64_t width, int64_t nodes, float *m, const float *s_term,
+                  const float *d_term, const float *value, const int64_t *src,
+                  const int64_t *dst, float *sums, float *sums_parts, int norm,
+                  const float *weight, const float *bias, float eps, const float *residual,
+                  float *y_new, float *mean_out, float *rstd_out, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         float *A = (float *)malloc(sizeof(float) * 2 * (size_t)width);
         float *B = A + width;
+        float *table = sums ? thread_table(sums, sums_parts, nodes * 2 * width) : NULL;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            const float *mr = m + r * width;
-            if (gate) {
+            float *mr = m + r * width;
+            if (s_term) {
+                const float *si = s_term + src[r] * width, *dj = d_term + dst[r] * width;
+#pragma omp simd
+                for (int64_t f = 0; f < width; ++f) mr[f] += si[f] + dj[f];
+            }
+            if (table) {
                 const float *vr = value + src[r] * width;
-                float *gp = gate + r * 2 * width, *gs = gp + width;
+                float *num = table + dst[r] * 2 * width, *den = num + width;
 #pragma omp simd
                 for (int64_t f = 0; f < width; ++f) {
                     const float s = sigmoid(mr[f]);
-                    gs[f] = s;
-                    gp[f] = s * vr[f];
+                    den[f] += s;
+                    num[f] += s * vr[f];
                 }
             }
             if (!y_new) continue;
@@ -99,18 +120,22 @@ void gate_forward(int64_t rows, int64_t width, const float *m, const float *valu
     }
 }
 
-/* grad_m = dL/dm of each row; gval[r] = dnum[dst_r] * sigma_r (summed into dL/dv by
- * the caller). grad_out may be NULL (y' unused); dnum/dden may be NULL (h unused).
+/* grad_m = dL/dm of each row. grad_out may be NULL (y' unused); dnum/dden may be NULL
+ * (h unused). node_grads [nodes, 3 width] (accumulated; node_parts [threads - 1, nodes,
+ * 3 width] zeroed) receives per node n: dL/ds[n] = sum of grad_m over rows from n,
+ * dL/dv[n] = sum of dnum[dst_r] * sigma_r over rows from n, and dL/dd[n] = sum of
+ * grad_m over rows into n; NULL skips them.
  * grad_out_copy (may be NULL) receives a copy of grad_out: the caller's residual
  * gradient, to which it then adds dL/dm W in place.
  * Affine mode: dL/dm = coef0 + coef1 * m + scale * dL/da (coef0 = coef1 = 0 except
  * for BatchNorm in training, whose statistics depend on every row). */
-void gate_backward(int64_t rows, int64_t width, const float *m, const float *grad_out,
-                   int norm, const float *weight, const float *bias, const float *coef0,
-                   const float *coef1, const float *mean, const float *rstd, const float *dnum,
-                   const float *dden, const float *value, const int64_t *src,
-                   const int64_t *dst, float *grad_m, float *gval, float *grad_weight_parts,
-                   float *grad_bias_parts, float *grad_out_copy, int threads) {
+void gate_backward(int64_t rows, int64_t width, int64_t nodes, const float *m,
+                   const float *grad_out, int norm, const float *weight, const float *bias,
+                   const float *coef0, const float *coef1, const float *mean, const float *rstd,
+                   const float *dnum, const float *dden, const float *value, const int64_t *src,
+                   const int64_t *dst, float *grad_m, float *node_grads, float *node_parts,
+                   float *grad_weight_parts, float *grad_bias_parts, float *grad_out_copy,
+                   int threads) {
 #pragma omp parallel num_threads(threads)
     {
         float *ga = (float *)malloc(sizeof(float) * 2 * (size_t)width);
@@ -122,6 +147,8 @@ void gate_backward(int64_t rows, int64_t width, const float *m, const float *gra
 #endif
         float *gw = grad_weight_parts ? grad_weight_parts + thread * width : NULL;
         float *gb = grad_bias_parts ? grad_bias_parts + thread * width : NULL;
+        float *table =
+            node_grads ? thread_table(node_grads, node_parts, nodes * 3 * width) : NULL;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             const float *mr = m + r * width;
@@ -174,16 +201,25 @@ void gate_backward(int64_t rows, int64_t width, const float *m, const float *gra
 #pragma omp simd
                 for (int64_t f = 0; f < width; ++f) gm[f] = 0.0f;
             }
+            float *to_src = table ? table + src[r] * 3 * width : NULL;
             if (dnum) {
                 const float *nr = dnum + dst[r] * width;
                 const float *dr = dden + dst[r] * width;
                 const float *vr = value + src[r] * width;
-                float *gv = gval + r * width;
+                float *gv = to_src + width;
 #pragma omp simd
                 for (int64_t f = 0; f < width; ++f) {
                     const float s = sigmoid(mr[f]);
                     gm[f] += (dr[f] + nr[f] * vr[f]) * s * (1.0f - s);
-                    gv[f] = nr[f] * s;
+                    gv[f] += nr[f] * s;
+                }
+            }
+            if (table) {
+                float *to_dst = table + dst[r] * 3 * width + 2 * width;
+#pragma omp simd
+                for (int64_t f = 0; f < width; ++f) {
+                    to_src[f] += gm[f];
+                    to_dst[f] += gm[f];
                 }
             }
         }
