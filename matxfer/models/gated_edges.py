@@ -17,8 +17,9 @@ backward pass (plain autograd would keep five ``[E, F]`` tensors).
 BatchNorm needs column statistics over all rows, so with it the rows are
 visited twice (:class:`~matxfer.models.block_norm.BlockNorm`).
 Where the C kernels of :mod:`matxfer.models.kernels` are built, each block's
-elementwise work (gates, norm, SiLU, residual) runs there in one pass per
-row and direction; otherwise in torch ops.
+elementwise work (s + d, gates, norm, SiLU, residual) and its sums over edges
+into node tables run there, in one pass per row and direction (BLAS does the
+matmuls); otherwise torch ops do it, with ``index_add_`` for the sums.
 :func:`edge_gated_update_reference` is the same computation in plain
 autograd: the ground truth in tests, and what runs under ``torch.compile``
 and CPU autocast.
@@ -26,6 +27,7 @@ and CPU autocast.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -85,9 +87,11 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                     norm.accumulate(m_block)
             kernels.add_parts(sums, parts)
         else:
-            m_blocks = _gated_sums(y, src_term, dst_term, value, weight, src, dst, sums, blocks)
-            for block, m_block in zip(blocks, m_blocks, strict=True):
-                if norm.row_wise:
+            for block, m_block in _gated_sums(
+                y, src_term, dst_term, value, weight, src, dst, sums, blocks
+            ):
+                m_blocks.append(m_block)
+                if norm.row_wise:  # normalise while the block is in cache
                     _edge_output(norm, m_block, y, y_new, block, residual)
                 else:
                     norm.accumulate(m_block)
@@ -192,12 +196,11 @@ def _gated_sums(
     dst: Tensor,
     sums: Tensor,
     blocks: list[slice],
-) -> list[Tensor]:
-    """The torch code's forward: m per block, and the gated sums added into ``sums``."""
+) -> Iterator[tuple[slice, Tensor]]:
+    """The torch code's forward: each block with its m, once its gated sums are in ``sums``."""
     width = y.size(1)
     table = torch.cat([src_term, dst_term])
     pairs = torch.stack([src, dst + value.size(0)], dim=1).view(-1)
-    m_blocks = []
     for block in blocks:
         start, stop = block.start, block.stop
         # s_i + d_j as bags of two rows: one pass instead of two gathers and an add.
@@ -208,8 +211,7 @@ def _gated_sums(
         sums[:, width:].index_add_(0, dst[block], sigma)
         sigma.mul_(value.index_select(0, src[block]))
         sums[:, :width].index_add_(0, dst[block], sigma)
-        m_blocks.append(m_block)
-    return m_blocks
+        yield block, m_block
 
 
 def _torch_grad_m(
