@@ -74,6 +74,7 @@ class BlockNorm:
         self._scale_shift: tuple[Tensor, Tensor] | None = None
         self._grad_coefficients: tuple[Tensor, Tensor] | None = None  # backward_sums
         self._parts: Tensor | None = None  # fused LayerNorm weight/bias gradient sums
+        self._moment_parts: Tensor | None = None  # fused BatchNorm column sums
         width = like.size(1)
         if stats is not None:
             self.stat1, self.stat2 = stats
@@ -94,12 +95,21 @@ class BlockNorm:
         columns is ~50x slower on CPU)."""
         if self._count == 0:
             self._shift = m_block.mean(0)
-        centred = m_block - self._shift
-        self._mean += centred.sum(0)
-        self._m2 += centred.square_().sum(0)
+        if kernels.usable(m_block, self._shift):  # one pass instead of four
+            if self._moment_parts is None:
+                self._moment_parts = kernels.column_parts(m_block)
+            kernels.column_moments(m_block, self._shift, self._moment_parts)
+        else:
+            centred = m_block - self._shift
+            self._mean += centred.sum(0)
+            self._m2 += centred.square_().sum(0)
         self._count += m_block.size(0)
 
     def finish_statistics(self) -> None:
+        if self._moment_parts is not None:
+            moments = self._moment_parts.sum(0)
+            self._mean += moments[0]
+            self._m2 += moments[1]
         count = max(self._count, 1)
         centred_mean = self._mean / count
         var = (self._m2 / count - centred_mean.square()).clamp_(min=0)
@@ -225,10 +235,20 @@ class BlockNorm:
         """Column sums that BatchNorm's backward needs over all rows (one extra pass)."""
         if self.kind in ("batch", "affine"):
             sum_grad, sum_grad_m = torch.zeros_like(self.stat1), torch.zeros_like(self.stat1)
+            scale, shift = self.scale_shift()
+            parts = None
             for block, m_block in zip(blocks, m_blocks, strict=True):
+                if kernels.usable(m_block, grad_out[block], scale, shift):  # one pass, not five
+                    parts = kernels.column_parts(m_block) if parts is None else parts
+                    kernels.silu_grad_sums(m_block, grad_out[block], scale, shift, parts)
+                    continue
                 grad_a = aten.silu_backward(grad_out[block], self.forward(m_block, None))
                 sum_grad += grad_a.sum(0)
                 sum_grad_m += grad_a.mul_(m_block).sum(0)
+            if parts is not None:
+                sums = parts.sum(0)
+                sum_grad += sums[0]
+                sum_grad_m += sums[1]
             # Σ g ⊙ x̂ with x̂ = (m - μ) · invstd
             sum_grad_xhat = (sum_grad_m - self.stat1 * sum_grad) * self.stat2
             if self.weight is not None:

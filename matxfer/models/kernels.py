@@ -95,7 +95,7 @@ def load() -> ctypes.CDLL | None:
             stacklevel=2,
         )
         return None
-    for name in ("gate_forward", "gate_backward"):
+    for name in ("gate_forward", "gate_backward", "column_moments", "silu_grad_sums"):
         getattr(library, name).restype = None
     return library
 
@@ -213,4 +213,30 @@ def gate_backward(
         _ptr(g.src), _ptr(g.dst), _ptr(grad_m), _ptr(g.table), _ptr(g.parts),
         _ptr(grad_weight_parts), _ptr(grad_bias_parts), _ptr(grad_out_copy),
         ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+
+
+def column_parts(like: Tensor) -> Tensor:
+    """Zeroed per-thread column sums ``[threads, 2, F]`` for the two functions below."""
+    return like.new_zeros(torch.get_num_threads(), 2, like.size(1))
+
+
+def column_moments(m: Tensor, shift: Tensor, parts: Tensor) -> None:
+    """Add the column sums of ``m - shift`` and ``(m - shift)²`` into ``parts``."""
+    rows, width = m.shape
+    load().column_moments(  # type: ignore[union-attr]
+        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(shift), _ptr(parts),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+
+
+def silu_grad_sums(
+    m: Tensor, grad_out: Tensor, scale: Tensor, shift: Tensor, parts: Tensor
+) -> None:
+    """With ``a = m·scale + shift`` and ``g = grad_out·SiLU'(a)``, add the column sums
+    of ``g`` and ``g·m`` into ``parts``."""
+    rows, width = m.shape
+    load().silu_grad_sums(  # type: ignore[union-attr]
+        ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(m), _ptr(grad_out), _ptr(scale),
+        _ptr(shift), _ptr(parts), ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip

@@ -131,6 +131,7 @@ def test_loading_the_kernels_keeps_subnormal_floats() -> None:
 def test_a_failed_build_warns_once_and_leaves_the_torch_code(
     fresh_kernels: pytest.MonkeyPatch,
 ) -> None:
+    fresh_kernels.delenv("MATXFER_KERNELS", raising=False)
     fresh_kernels.setenv("CC", "false")  # a "compiler" that always fails
     fresh_kernels.setattr(kernels.shutil, "which", lambda name: "/bin/false")
     with pytest.warns(UserWarning, match="could not build the fused CPU kernels"):

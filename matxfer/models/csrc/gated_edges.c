@@ -226,3 +226,56 @@ void gate_backward(int64_t rows, int64_t width, int64_t nodes, const float *m,
         free(ga);
     }
 }
+
+/* BatchNorm's column statistics over a block of rows: sums of (m - shift) and of
+ * (m - shift)^2 per column, added into parts[thread] ([threads, 2, width]). */
+void column_moments(int64_t rows, int64_t width, const float *m, const float *shift,
+                    float *parts, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int thread = omp_get_thread_num();
+#else
+        const int thread = 0;
+#endif
+        float *s1 = parts + (int64_t)thread * 2 * width, *s2 = s1 + width;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *mr = m + r * width;
+#pragma omp simd
+            for (int64_t f = 0; f < width; ++f) {
+                const float d = mr[f] - shift[f];
+                s1[f] += d;
+                s2[f] += d * d;
+            }
+        }
+    }
+}
+
+/* BatchNorm's backward sums over a block of rows: with a = m * scale + shift and
+ * g = dL/dSiLU(a) * SiLU'(a), the column sums of g and of g * m, added into
+ * parts[thread] ([threads, 2, width]). */
+void silu_grad_sums(int64_t rows, int64_t width, const float *m, const float *grad_out,
+                    const float *scale, const float *shift, float *parts, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int thread = omp_get_thread_num();
+#else
+        const int thread = 0;
+#endif
+        float *sg = parts + (int64_t)thread * 2 * width, *sgm = sg + width;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *mr = m + r * width, *go = grad_out + r * width;
+#pragma omp simd
+            for (int64_t f = 0; f < width; ++f) {
+                const float a = mr[f] * scale[f] + shift[f];
+                const float s = sigmoid(a);
+                const float g = go[f] * s * (1.0f + a * (1.0f - s));
+                sg[f] += g;
+                sgm[f] += g * mr[f];
+            }
+        }
+    }
+}
