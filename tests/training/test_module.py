@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -83,3 +84,14 @@ def test_loader_keeps_order_without_seed() -> None:
     )
     labels = torch.cat([b.y for b in graph_loader(graphs, batch_size=2)])
     assert labels.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_optimizer_is_fused_adamw_with_the_configured_schedule() -> None:
+    records = [Record(str(i), s, {"a": 1.0 + i}) for i, s in enumerate(synthetic_structures(3))]
+    module = tiny_module(records, ["a"])
+    module.trainer = SimpleNamespace(estimated_stepping_batches=40)  # type: ignore[assignment]
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert optimizer.defaults["weight_decay"] == 1e-5
+    assert schedule.total_steps == 40
