@@ -77,8 +77,9 @@ class _EdgeGatedUpdate(torch.autograd.Function):
                 # The kernel adds s_i + d_j to W y in place, then gates and sums the rows.
                 m_block = torch.mm(y[block], weight.t())
                 gate = kernels.GateInputs(
-                    src[block], dst[block], value, sums, parts, src_term, dst_term
-                )
+                    src=src[block], dst=dst[block], value=value, table=sums, parts=parts,
+                    s_term=src_term, d_term=dst_term,
+                )  # fmt: skip
                 out = y_new[block] if norm.row_wise else None  # BatchNorm: after statistics
                 res = y[block] if residual and norm.row_wise else None
                 norm.fused_forward(m_block, block, out, res, gate)
@@ -146,8 +147,9 @@ class _EdgeGatedUpdate(torch.autograd.Function):
             )
             if ctx.fused:
                 gate = kernels.GateInputs(
-                    src_b, dst_b, value, node_grads, parts, dnum=grad_num, dden=grad_den
-                )
+                    src=src_b, dst=dst_b, value=value, table=node_grads, parts=parts,
+                    dnum=grad_num, dden=grad_den,
+                )  # fmt: skip
                 grad_m = norm.fused_backward(
                     m_block, grad_out, block, gate, grad_y[block] if copy_residual else None
                 )

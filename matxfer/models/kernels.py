@@ -2,9 +2,11 @@
 
 The per-edge work of :mod:`matxfer.models.gated_edges` is a dozen elementwise
 passes (sigmoid, gathers, LayerNorm, SiLU, residual, and their gradients) over
-``[E, 256]`` rows; ``csrc/gated_edges.c`` does each direction in one pass per
-row. It is compiled with the system C compiler (``$CC``, else ``cc``) into the
-cache (``$MATXFER_CACHE/kernels``) the first time it is needed, and loaded with
+``[E, 256]`` rows plus sums over edges into node tables; ``csrc/gated_edges.c``
+does each direction in one pass per row (each thread summing into its own
+node table), and BatchNorm's column sums in one pass each. It is compiled
+with the system C compiler (``$CC``, else ``cc``) into the cache
+(``$MATXFER_CACHE/kernels``) the first time it is needed, and loaded with
 :mod:`ctypes`; OpenMP's runtime is the one torch already loaded (same soname),
 so the kernels share torch's threads (a torch built with another OpenMP, such
 as Intel's, would run a second thread pool beside them). Linux only: elsewhere,

@@ -124,7 +124,7 @@ void gate_forward(int64_t rows, int64_t width, int64_t nodes, float *m, const fl
  * (h unused). node_grads [nodes, 3 width] (accumulated; node_parts [threads - 1, nodes,
  * 3 width] zeroed) receives per node n: dL/ds[n] = sum of grad_m over rows from n,
  * dL/dv[n] = sum of dnum[dst_r] * sigma_r over rows from n, and dL/dd[n] = sum of
- * grad_m over rows into n; NULL skips them.
+ * grad_m over rows into n; NULL skips them (then dnum must be NULL too).
  * grad_out_copy (may be NULL) receives a copy of grad_out: the caller's residual
  * gradient, to which it then adds dL/dm W in place.
  * Affine mode: dL/dm = coef0 + coef1 * m + scale * dL/da (coef0 = coef1 = 0 except
