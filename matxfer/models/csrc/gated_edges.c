@@ -52,13 +52,18 @@ static inline void layer_affine(const float *mr, int64_t width, const float *wei
     *rs_out = rs;
 }
 
+/* The calling thread's number in its OpenMP team (0 without OpenMP). */
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* The node table of the calling thread: the output for thread 0, else its own part. */
 static inline float *thread_table(float *out, float *parts, int64_t size) {
-#ifdef _OPENMP
-    const int thread = omp_get_thread_num();
-#else
-    const int thread = 0;
-#endif
+    const int thread = thread_id();
     return thread == 0 ? out : parts + (int64_t)(thread - 1) * size;
 }
 
@@ -140,11 +145,7 @@ void gate_backward(int64_t rows, int64_t width, int64_t nodes, const float *m,
     {
         float *ga = (float *)malloc(sizeof(float) * 2 * (size_t)width);
         float *xhat = ga + width;
-#ifdef _OPENMP
-        const int thread = omp_get_thread_num();
-#else
-        const int thread = 0;
-#endif
+        const int thread = thread_id();
         float *gw = grad_weight_parts ? grad_weight_parts + thread * width : NULL;
         float *gb = grad_bias_parts ? grad_bias_parts + thread * width : NULL;
         float *table =
@@ -233,11 +234,7 @@ void column_moments(int64_t rows, int64_t width, const float *m, const float *sh
                     float *parts, int threads) {
 #pragma omp parallel num_threads(threads)
     {
-#ifdef _OPENMP
-        const int thread = omp_get_thread_num();
-#else
-        const int thread = 0;
-#endif
+        const int thread = thread_id();
         float *s1 = parts + (int64_t)thread * 2 * width, *s2 = s1 + width;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
@@ -259,11 +256,7 @@ void silu_grad_sums(int64_t rows, int64_t width, const float *m, const float *gr
                     const float *scale, const float *shift, float *parts, int threads) {
 #pragma omp parallel num_threads(threads)
     {
-#ifdef _OPENMP
-        const int thread = omp_get_thread_num();
-#else
-        const int thread = 0;
-#endif
+        const int thread = thread_id();
         float *sg = parts + (int64_t)thread * 2 * width, *sgm = sg + width;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
