@@ -148,13 +148,9 @@ class Predictor:
 
     def predict_records(self, records: Sequence[Record], progress: bool = False) -> np.ndarray:
         """Predictions ``[N, P]`` in original units for records."""
-        graphs = graphs_of(
-            [r.structure for r in records],
-            self.loaded.graph_config,
-            progress,
-            [r.id for r in records],
-        )
-        return self.predict_graphs(graphs, [r.id for r in records])
+        ids = [r.id for r in records]
+        graphs = graphs_of([r.structure for r in records], self.loaded.graph_config, progress, ids)
+        return self.predict_graphs(graphs, ids)
 
 
 def load_predictor(run_or_ckpt: str | Path, device: torch.device | str | None = None) -> Predictor:

@@ -23,17 +23,13 @@ def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.
     kernels.load.cache_clear()
 
 
-def _norm(kind: str, width: int) -> nn.Module:
-    return random_norm(kind, width)
-
-
 def _float32_and_float64(
     kind: str, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]
 ) -> tuple[nn.Module, nn.Module, list[torch.Tensor], list[torch.Tensor]]:
     """A random norm and leaf inputs in float32 (under test), and their float64 copies
     (the ground truth)."""
-    norm = _norm(kind, 32)
-    exact_norm = _norm(kind, 32).double()
+    norm = random_norm(kind, 32)
+    exact_norm = random_norm(kind, 32).double()
     exact_norm.load_state_dict(norm.state_dict())
     inputs = [t.clone().requires_grad_() for t in tensors]
     exact_inputs = [t.double().requires_grad_() for t in tensors]
