@@ -183,7 +183,7 @@ def step_flops(args: argparse.Namespace, atoms: int, edges: int, triplets: int) 
     """Matmul FLOPs of one forward + backward pass, counted from the layer shapes.
 
     Counted analytically because the fused kernels of
-    :mod:`matxfer.models.gated_edges` are invisible to torch's FlopCounterMode.
+    :mod:`matxfer.models.ops.gated_edges` are invisible to torch's FlopCounterMode.
     Every Linear of ``rows x d_in -> d_out`` costs ``2 rows d_in d_out`` forward
     and twice that backward (input and weight gradients). An edge-gated
     convolution on a graph with ``n`` nodes and ``m`` edges has four node

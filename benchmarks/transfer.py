@@ -76,25 +76,50 @@ def cache_key(**parts: Any) -> str:
 
 
 def finished(run_dir: Path) -> bool:
-    return (run_dir / "metrics.json").is_file() and (run_dir / "best.ckpt").is_file()
+    from matxfer.training import is_finished
+
+    return is_finished(run_dir)
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether an unfinished run in ``run_dir`` can be resumed (else it is started afresh)."""
+    return (run_dir / "last.ckpt").is_file()
 
 
 def cached_run(run_dir: Path, label: str, make: Callable[[bool], Any]) -> Path:
-    """Run ``make(resume)`` unless ``run_dir`` holds a finished run; returns ``run_dir``."""
-    if finished(run_dir):
-        print(f"{label}: cached ({run_dir})", flush=True)
-        return run_dir
-    print(f"{label} ...", flush=True)
-    start = time.perf_counter()
-    make((run_dir / "last.ckpt").is_file())
-    print(f"{label}: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    """Run ``make(resume)`` unless ``run_dir`` holds a finished run; returns ``run_dir``.
+
+    Holds ``run_dir``'s lock: ``make`` resumes an interrupted run (``resume``), or
+    starts in a directory cleared of what a run killed before its first checkpoint left.
+    """
+    from matxfer.locking import DirectoryLock
+    from matxfer.training.rundir import check_new_run_dir
+
+    with DirectoryLock(run_dir, purpose=f"benchmark run ({label})"):
+        if finished(run_dir):
+            print(f"{label}: cached ({run_dir})", flush=True)
+            return run_dir
+        print(f"{label} ...", flush=True)
+        start = time.perf_counter()
+        resume = resumable(run_dir)
+        if not resume:
+            check_new_run_dir(run_dir, overwrite=True)
+        make(resume)
+        print(f"{label}: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return run_dir
 
 
 def test_metrics(run_dir: Path) -> dict[str, float]:
+    from matxfer.training.outputs import as_float
+
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test = next(iter(metrics["test"].values()))["original"]
-    return {"r2": test["r2"], "mae": test["mae"], "epochs": metrics["epochs_trained"]}
+    # null in metrics.json when not finite (strict JSON); NaN in older files
+    return {
+        "r2": as_float(test["r2"]),
+        "mae": as_float(test["mae"]),
+        "epochs": metrics["epochs_trained"],
+    }
 
 
 def leakage_of(run_dir: Path) -> str:
@@ -143,8 +168,8 @@ class Benchmark:
     """Runs and collects the rows; pre-trainings cached, scratch/FT runs in ``out``."""
 
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        from matxfer.paths import cache_dir
         from matxfer.training import resolve_config
-        from matxfer.training.inputs import cache_dir
 
         self.args, self.out = args, out
         self.sizes = [int(s) for s in args.sizes.split(",")]
@@ -259,6 +284,8 @@ class Benchmark:
             data_dir=self.data_dir,
             trial=self.args.trial,
             size=size,
+            resume=resumable(run_dir),
+            overwrite=not resumable(run_dir),
             progress=sys.stderr.isatty(),
         )
         self.add("scratch", size, run_dir)
@@ -281,6 +308,8 @@ class Benchmark:
             data_dir=self.data_dir,
             trial=self.args.trial,
             size=size,
+            resume=resumable(run_dir),
+            overwrite=not resumable(run_dir),
             progress=sys.stderr.isatty(),
         )
         self.add(label, size, run_dir)

@@ -7,15 +7,40 @@ error line (plus its listed problems) and a non-zero exit; no traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.text import Text
 
+from matxfer import cli_transfer
+from matxfer.cli_options import (
+    BatchSizeOption,
+    ConfigOption,
+    DataDirOption,
+    DdpStrategyOption,
+    DevicesOption,
+    EpochsOption,
+    FormatOption,
+    LrOption,
+    OverwriteOption,
+    ProfileOption,
+    ProgressOption,
+    ResumeOption,
+    SamplingOption,
+    SizeOption,
+    SkipInvalidOption,
+    TargetKeyOption,
+    TestOption,
+    TrialOption,
+    ValFractionOption,
+    console,
+    err_console,
+    print_metrics,
+)
 from matxfer.errors import DataError, MatxferError
+from matxfer.study.commands import study_app
 
 app = typer.Typer(
     name="matxfer",
@@ -26,34 +51,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-# Options shared by train, finetune and pretrain-multi: declared once.
-TestOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="Test dataset (default: a named dataset's fixed test set, else 10% of DATA)."
-    ),
-]
-ProfileOption = Annotated[str | None, typer.Option(help="paper (the study) or fast.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
-DataDirOption = Annotated[Path | None, typer.Option(help="Folder of named datasets.")]
-TrialOption = Annotated[int | None, typer.Option(help="The study's trial (with --size).")]
-SizeOption = Annotated[int | None, typer.Option(help="Training + validation records.")]
-TargetKeyOption = Annotated[str | None, typer.Option(help="Field holding the target.")]
-FormatOption = Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")]
-EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs.")]
-BatchSizeOption = Annotated[int | None, typer.Option(help="Structures per batch.")]
-LrOption = Annotated[float | None, typer.Option(help="Peak learning rate.")]
-ResumeOption = Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
-SkipInvalidOption = Annotated[bool, typer.Option(help="Skip invalid records.")]
-ValFractionOption = Annotated[float | None, typer.Option(help="Validation share.")]
-SamplingOption = Annotated[str | None, typer.Option(help="random, stratified or normal.")]
-ProgressOption = Annotated[
-    bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: tty).")
-]
-
-console = Console()
-err_console = Console(stderr=True)
+app.add_typer(study_app, name="study")
 
 #: At most this many problem lines are printed; the rest are counted.
 MAX_PROBLEM_LINES = 200
@@ -61,10 +59,12 @@ MAX_PROBLEM_LINES = 200
 
 def report_error(error: MatxferError) -> None:
     """Print a user-facing error: one line, then one line per problem."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err_console.print(
+        Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True
+    )
     if isinstance(error, DataError):
         for problem in error.problems[:MAX_PROBLEM_LINES]:
-            err_console.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
         hidden = len(error.problems) - MAX_PROBLEM_LINES
         if hidden > 0:
             err_console.print(f"  ... and {hidden} more problems")
@@ -111,25 +111,16 @@ def data_check(
         if dataset.duplicates_dropped:
             console.print(f"dropped {dataset.duplicates_dropped} exact duplicate records")
         if dataset.skipped:
-            err_console.print(f"[yellow]skipped {len(dataset.skipped)} invalid records:[/]")
+            err_console.print(
+                Text(f"skipped {len(dataset.skipped)} invalid records:", style="yellow")
+            )
             for problem in dataset.skipped[:MAX_PROBLEM_LINES]:
-                err_console.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
-    console.print("[green]OK[/]: " + ", ".join(f"{len(d)} records" for d in datasets))
+                err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{len(d)} records" for d in datasets)
+    console.print(Text.assemble(("OK", "green"), f": {counts}"))
 
 
 # ---------------------------------------------------------------- train / evaluate / predict
-
-
-def _print_metrics(metrics: dict, splits: tuple[str, ...], run_dir: Path | None = None) -> None:
-    """The metrics table; for a new run, its best epoch and how training ended."""
-    from matxfer.training.outputs import metrics_table, stop_description
-
-    console.print(metrics_table(metrics, splits))
-    if run_dir is not None:
-        console.print(
-            f"best epoch {metrics['best_epoch']} of {metrics['epochs_trained']} (training "
-            f"ended by {stop_description(metrics)}); run saved in {run_dir}"
-        )
 
 
 @app.command()
@@ -149,13 +140,16 @@ def train(
     batch_size: BatchSizeOption = None,
     lr: LrOption = None,
     resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     skip_invalid: SkipInvalidOption = False,
     val_fraction: ValFractionOption = None,
     sampling: SamplingOption = None,
     progress: ProgressOption = None,
+    devices: DevicesOption = None,
+    ddp_strategy: DdpStrategyOption = None,
 ) -> None:
     """Train an ALIGNN model; writes checkpoints, metrics, predictions and plots to --out."""
-    from matxfer.training import config_for_run
+    from matxfer.training import DataSpec, config_for_run
     from matxfer.training import train as run_training
 
     flags = {
@@ -166,28 +160,25 @@ def train(
         "val_fraction": val_fraction,
         "sampling": sampling,
     }
+    flags.update(devices=devices, strategy=ddp_strategy)
     resolved = config_for_run(config, profile, flags, out, resume)
+    spec = DataSpec(
+        data, test=test, data_dir=data_dir, trial=trial, size=size,
+        target_key=target_key, format=format, skip_invalid=skip_invalid,
+    )  # fmt: skip
     result = run_training(
-        data,
+        spec,
         out,
-        test,
-        resolved,
-        data_dir=data_dir,
-        trial=trial,
-        size=size,
-        target_key=target_key,
-        format=format,
-        skip_invalid=skip_invalid,
+        config=resolved,
         resume=resume,
+        overwrite=overwrite,
         progress=progress,
     )
-    _print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
+    print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
 
 
-RunArgument = Annotated[Path, typer.Argument(help="Run directory or checkpoint file.")]
-FormatOption = Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")]
-TargetKeyOption = Annotated[str | None, typer.Option(help="Field holding the target.")]
-SkipInvalidOption = Annotated[bool, typer.Option(help="Skip invalid records.")]
+RunArgument = Annotated[Path, typer.Argument(help="Run directory, checkpoint or study folder.")]
+SelectOption = Annotated[str | None, typer.Option(help="Study runs to average: ft=ph,pt=fe,...")]
 
 
 @app.command()
@@ -200,12 +191,19 @@ def evaluate(
     format: FormatOption = None,
     target_key: TargetKeyOption = None,
     skip_invalid: SkipInvalidOption = False,
+    select: SelectOption = None,
 ) -> None:
-    """Metrics (R², MAE, RMSE) of a trained model on a labelled dataset."""
+    """Metrics (R², MAE, RMSE) of a trained model on a labelled dataset; of the ensemble of
+    the runs --select picks when RUN is a study folder (e.g. --select 'ft=ph,pt=fe,size=800')."""
+    from matxfer.study.ensemble import study_command
     from matxfer.training import evaluate as run_evaluation
 
+    args = (run, data, select, out, format, target_key, skip_invalid)
+    if (shown := study_command("evaluate", *args)) is not None:
+        console.print(shown)
+        return
     result = run_evaluation(run, data, out, format, target_key, skip_invalid)
-    _print_metrics({"data": result["metrics"]}, ("data",))
+    print_metrics({"data": result["metrics"]}, ("data",))
     console.print(f"{result['n']} records; metrics saved to {result['output']}")
 
 
@@ -217,258 +215,22 @@ def predict(
     format: FormatOption = None,
     target_key: TargetKeyOption = None,
     skip_invalid: SkipInvalidOption = False,
+    select: SelectOption = None,
 ) -> None:
-    """Predictions in original units for every structure of DATA."""
+    """Predictions in original units for every structure of DATA; with a study folder as RUN,
+    the mean, std and members of the runs --select picks (e.g. 'ft=ph,pt=fe,size=800')."""
+    from matxfer.study.ensemble import study_command
     from matxfer.training import predict as run_prediction
 
+    args = (run, data, select, out, format, target_key, skip_invalid)
+    if (shown := study_command("predict", *args)) is not None:
+        console.print(shown)
+        return
     frame = run_prediction(run, data, out, format, target_key, skip_invalid)
     console.print(f"{len(frame)} predictions written to {out}")
 
 
-# ---------------------------------------------------------------- multi-property pre-training
-
-
-@app.command("pretrain-multi")
-def pretrain_multi(
-    datasets: Annotated[
-        list[str],
-        typer.Argument(
-            help="NAME=DATA (file, folder or named dataset) or a bare named dataset (fe ph ...).",
-            metavar="NAME[=DATA]",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Leave this property out (leave-one-out); repeatable.")
-    ] = None,
-    data_dir: DataDirOption = None,
-    size: Annotated[int | None, typer.Option(help="Records drawn per property.")] = None,
-    sampling: SamplingOption = None,
-    exclude_test_structures: Annotated[
-        bool, typer.Option(help="Drop pre-training crystals found in any property's test set.")
-    ] = False,
-    profile: ProfileOption = None,
-    config: ConfigOption = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of sampling, splits, init.")] = None,
-    epochs: EpochsOption = None,
-    batch_size: BatchSizeOption = None,
-    lr: LrOption = None,
-    loss: Annotated[
-        str,
-        typer.Option(
-            help="masked_l1 (the study's MPT loss), l1, mse or huber; wins over --config."
-        ),
-    ] = "masked_l1",
-    resume: ResumeOption = False,
-    progress: ProgressOption = None,
-) -> None:
-    """Pre-train one model on several property datasets merged by crystal (MPT).
-
-    Example: matxfer pretrain-multi fe bg gv ph dc pz ebg --exclude ph --data-dir DIR --out RUN
-    """
-    from matxfer.training import config_for_run
-    from matxfer.transfer.multitask import PretrainData, merge_tables, parse_dataset_args
-    from matxfer.transfer.multitask import pretrain_multi as run_pretraining
-
-    def show_merge(data: PretrainData) -> None:
-        for item in merge_tables(data):
-            console.print(item)
-
-    named = parse_dataset_args(datasets)
-    flags = {
-        "seed": seed,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "sampling": sampling,
-        "loss": loss,
-    }
-    resolved = config_for_run(config, profile, flags, out, resume)
-    result = run_pretraining(
-        named,
-        out,
-        exclude or (),
-        resolved,
-        data_dir=data_dir,
-        size=size,
-        exclude_test_structures=exclude_test_structures,
-        progress=progress,
-        resume=resume,
-        on_merged=show_merge,
-    )
-    _print_metrics(result.metrics, ("test",), result.run_dir)
-
-
-# ---------------------------------------------------------------- fine-tuning / demo
-
-
-@app.command()
-def finetune(
-    data: Annotated[
-        str, typer.Argument(help="Fine-tuning dataset file/folder, or a named dataset (ph, ...).")
-    ],
-    pretrained: Annotated[
-        Path,
-        typer.Option(
-            "--from", help="Pre-training run directory or checkpoint file.", show_default=False
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
-    strategy: Annotated[
-        str,
-        typer.Option(
-            help="all, last, head, two_body_only, "
-            "three_body_only, freeze_embedding, "
-            "freeze:GROUPS or train:GROUPS."
-        ),
-    ] = "all",
-    head: Annotated[
-        str,
-        typer.Option(
-            help="reuse (keep the pre-trained output layer), new "
-            "(fresh head) or deeper (fresh, more layers)."
-        ),
-    ] = "reuse",
-    head_output: Annotated[
-        str | None,
-        typer.Option(
-            help="With --head reuse: the pre-trained output(s) to keep, comma-separated "
-            "(multi-property models)."
-        ),
-    ] = None,
-    lr_groups: Annotated[
-        str | None,
-        typer.Option(help="Learning-rate factors per layer group, e.g. embedding=0.1,head=10."),
-    ] = None,
-    pretrain_data: Annotated[
-        str | None,
-        typer.Option(
-            help="The pre-training dataset, for the leakage audit (default: read from the "
-            "pre-training run)."
-        ),
-    ] = None,
-    exclude_test_structures: Annotated[
-        bool,
-        typer.Option(
-            help="Repeat the pre-training without the crystals of the fine-tuning test set "
-            "(into OUT/pretrain_excluding_test), then fine-tune from it."
-        ),
-    ] = False,
-    audit: Annotated[
-        bool, typer.Option(help="Count fine-tuning crystals present in the pre-training data.")
-    ] = True,
-    test: TestOption = None,
-    profile: ProfileOption = None,
-    config: ConfigOption = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of splits, head init, shuffling.")] = None,
-    data_dir: DataDirOption = None,
-    trial: TrialOption = None,
-    size: SizeOption = None,
-    target_key: TargetKeyOption = None,
-    format: FormatOption = None,
-    epochs: EpochsOption = None,
-    batch_size: BatchSizeOption = None,
-    lr: LrOption = None,
-    resume: ResumeOption = False,
-    skip_invalid: SkipInvalidOption = False,
-    val_fraction: ValFractionOption = None,
-    sampling: SamplingOption = None,
-    progress: ProgressOption = None,
-) -> None:
-    """Fine-tune a pre-trained model on DATA; writes a run directory plus transfer.json.
-
-    Example: matxfer finetune ph --data-dir DIR --trial 1 --size 100 --from runs/fe --out runs/ft
-    """
-    from matxfer.training import config_for_run
-    from matxfer.transfer.finetune import TRANSFER_FILE
-    from matxfer.transfer.finetune import finetune as run_finetuning
-    from matxfer.transfer.freeze import parse_freeze, parse_lr_multipliers
-
-    spec = parse_freeze(strategy)  # bad options fail before any data is read
-    multipliers = parse_lr_multipliers(lr_groups or "")
-    flags = {
-        "seed": seed,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "val_fraction": val_fraction,
-        "sampling": sampling,
-    }
-    resolved = config_for_run(config, profile, flags, out, resume)
-    outputs = [name.strip() for name in head_output.split(",")] if head_output else None
-    result = run_finetuning(
-        data,
-        pretrained,
-        out,
-        spec,
-        head,
-        multipliers,  # type: ignore[arg-type]  # checked there
-        test=test,
-        config=resolved,
-        head_outputs=outputs,
-        pretrain_data=pretrain_data,
-        exclude_test_structures=exclude_test_structures,
-        audit=audit,
-        data_dir=data_dir,
-        trial=trial,
-        size=size,
-        target_key=target_key,
-        format=format,
-        skip_invalid=skip_invalid,
-        resume=resume,
-        progress=progress,
-    )
-    _print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
-    record = json.loads((result.run_dir / TRANSFER_FILE).read_text())
-    leakage = record["leakage"]
-    console.print(
-        "leakage audit: "
-        + (leakage["summary"] if leakage["audited"] else f"not run ({leakage['reason']})"),
-        highlight=False,
-    )
-    console.print(f"strategy {record['strategy']}, head {record['head']}")
-
-
-@app.command()
-def demo(
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out", help="Folder of the demo's runs and results (reruns skip finished steps)."
-        ),
-    ] = Path("matxfer-demo"),
-    sizes: Annotated[
-        str,
-        typer.Option(
-            help="Fine-tuning sizes (trial-1 subsets of the phonon pool), comma-separated."
-        ),
-    ] = "100,800",
-    quick: Annotated[
-        bool,
-        typer.Option(
-            help="A tiny model and few epochs: a smoke test of the pipeline in about a minute."
-        ),
-    ] = False,
-    progress: ProgressOption = None,
-) -> None:
-    """Pre-train on formation energies, fine-tune on phonons, compare with scratch (offline).
-
-    Uses the datasets shipped with matxfer (demo-fe, demo-ph); about 10 minutes on two
-    CPU cores. Prints a comparison table and writes DIR/demo_results.csv/json and
-    DIR/demo_summary.png.
-    """
-    from matxfer.transfer.demo import parse_sizes, results_table, run_demo
-
-    result = run_demo(
-        out,
-        parse_sizes(sizes),
-        quick=quick,
-        progress=progress,
-        echo=lambda line: console.print(line, highlight=False),
-    )
-    console.print(results_table(result))
-    console.print(f"results: {result.csv}, {result.json}, {result.plot}")
+cli_transfer.register(app)
 
 
 def main() -> None:

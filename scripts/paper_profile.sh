@@ -45,9 +45,10 @@ for name in sys.argv[2:]:
         continue
     metrics = json.loads(path.read_text())
     test = next(iter(metrics["test"].values()))["transformed"]
+    r2, mae = (float("nan") if test[k] is None else test[k] for k in ("r2", "mae"))  # null: NaN
     log = pd.read_csv(runs / name / "logs/csv/metrics.csv")
     seconds = log["epoch_seconds"].dropna().median()
     print(f"{name:9} {metrics['epochs_trained']:6d} {metrics['best_epoch']:5d} "
-          f"{metrics['stopped_by']:15} {seconds:8.2f} {test['r2']:8.3f} {test['mae']:9.4f}")
+          f"{metrics['stopped_by']:15} {seconds:8.2f} {r2:8.3f} {mae:9.4f}")
 PY
 exit $status

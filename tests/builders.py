@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from pymatgen.core import Structure
 
 #: 1 + 1 layers of width 16: a model that trains in seconds on a CPU.
@@ -30,3 +36,32 @@ def alignn_entry(
 ) -> dict:
     """An ALIGNN/JARVIS record of ``structure``; ``extra`` fields go before ``atoms``."""
     return {"jid": jid, "target": target, **extra, "atoms": jarvis_atoms(structure)}
+
+
+#: Holds the lock of argv[1] (purpose argv[2]) until its stdin closes.
+_LOCK_HOLDER = """
+import sys
+from matxfer.locking import DirectoryLock
+with DirectoryLock(sys.argv[1], purpose=sys.argv[2]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def lock_held_elsewhere(directory: Path, purpose: str = "run") -> Iterator[subprocess.Popen]:
+    """``directory``'s :class:`~matxfer.locking.DirectoryLock` held by another process
+    during the block (which may kill it); yields that process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(directory), purpose],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.communicate("", timeout=60)
+        holder.wait(timeout=60)

@@ -28,3 +28,9 @@ def test_ci_runs_readme_test_command() -> None:
     tests = _readme_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ci.strip().splitlines()[-1] == tests
+
+
+def test_ci_lints_before_the_tests() -> None:
+    steps = [step.strip() for step in _readme_commands()[1].split("&&")]
+    assert steps[-1] == "pytest"
+    assert steps[-2] == "ruff check matxfer tests benchmarks scripts"

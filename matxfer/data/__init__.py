@@ -25,6 +25,7 @@ from matxfer.data.registry import (
     dataset_spec,
     default_data_dir,
     fetch,
+    resolve_data,
     resolve_named,
 )
 from matxfer.data.sampling import STRATEGIES, sample
@@ -74,6 +75,7 @@ __all__ = [
     "read_dataset",
     "records_from_structures",
     "remove_test_records",
+    "resolve_data",
     "resolve_named",
     "sample",
     "summarize",

@@ -200,7 +200,8 @@ def read_dataset(
         format: ``"alignn"``, ``"idprop"``, ``"matbench"`` or ``"extxyz"``
             (default: detected from the path and content).
         target_key: Field/column holding the target (default: ``"target"`` for
-            alignn, the only numeric column for matbench; required for extxyz).
+            alignn, the only numeric column for matbench; for extxyz ``"target"``
+            when every frame has it, else the only numeric per-frame field).
             Single-target records name their target ``"target"``.
         skip_invalid: Drop invalid records (listed in ``Dataset.skipped``)
             instead of raising.

@@ -17,23 +17,22 @@ Integrity: the Matbench/Matminer files are checked against the SHA-256
 published in matminer's ``dataset_metadata.json``. JARVIS publishes no
 checksum for its figshare zip, so its hash is recorded on first download
 (trust on first use, in ``{file}.sha256``) and checked on every later use.
+Downloading, verifying and extracting live in :mod:`matxfer.data.download`.
 ``ebg`` (experimental band gaps) is only available locally: Matminer holds
 compositions only, and the study matched structures to about half of them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.error
-import urllib.request
-import zipfile
-from collections.abc import Callable
+import urllib.request  # noqa: F401  # tests patch urllib.request.urlopen through this module
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from matxfer.data.download import extract_member, fetch, verify
+from matxfer.data.download import sha256_of as sha256_of  # re-exported
 from matxfer.data.readers import Dataset, read_dataset
 from matxfer.data.splits import load_trials
 from matxfer.data.validate import ValidationConfig
@@ -266,102 +265,6 @@ def open_study_directory(
     )  # fmt: skip
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify(path: Path, sha256: str | None) -> str:
-    """Check ``path`` against ``sha256``, or against / into its ``.sha256`` record (TOFU).
-
-    Args:
-        path: Downloaded file.
-        sha256: Expected hash, or ``None`` to use the hash recorded on first download.
-    """
-    record = path.with_name(path.name + ".sha256")
-    expected = sha256 or (record.read_text().strip() if record.is_file() else None)
-    actual = sha256_of(path)
-    if expected is None:
-        record.write_text(actual + "\n")
-    elif actual != expected:
-        raise DataError(
-            f"{path}: SHA-256 {actual} does not match the expected {expected}; the file is "
-            "corrupt or not the published one; delete it to download again"
-        )
-    return actual
-
-
-def fetch(
-    url: str,
-    dest: Path,
-    sha256: str | None = None,
-    opener: Callable[..., Any] | None = None,
-) -> str:
-    """Download ``url`` to ``dest`` atomically and verify it; returns its SHA-256.
-
-    Args:
-        url: Source URL (``file://`` URLs work, for tests and mirrors).
-        dest: Destination file; its folder is created.
-        sha256: Expected hash (``None``: record it on first download).
-        opener: ``urlopen``-like callable (default: ``urllib.request.urlopen``).
-    """
-    opener = opener or urllib.request.urlopen
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
-    try:
-        with opener(url, timeout=60) as response, partial.open("wb") as out:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                out.write(block)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        partial.unlink(missing_ok=True)
-        reason = getattr(error, "reason", None) or error
-        raise DataError(
-            f"could not download {url} ({reason}); without internet access, download it "
-            f"elsewhere and put it at {dest}"
-        ) from None
-    actual = digest.hexdigest()
-    if sha256 is not None and actual != sha256:
-        partial.unlink(missing_ok=True)
-        raise DataError(f"download of {url} has SHA-256 {actual}, expected {sha256}; not used")
-    partial.replace(dest)
-    if sha256 is None:
-        dest.with_name(dest.name + ".sha256").write_text(actual + "\n")
-    return actual
-
-
-def extract_member(archive: Path, member: str, folder: Path) -> Path:
-    """Extract one named file of a zip archive into ``folder``, refusing unsafe paths.
-
-    Args:
-        archive: The zip file.
-        member: Name of the file inside the archive.
-        folder: Destination folder.
-    """
-    parts = PurePosixPath(member.replace("\\", "/")).parts
-    if not parts or member.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
-        raise DataError(f"{archive}: refusing unsafe archive path '{member}'")
-    target = folder / parts[-1]
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-            if member not in names:
-                raise DataError(f"{archive}: no '{member}' inside (holds {', '.join(names[:5])})")
-            partial = target.with_name(target.name + ".part")
-            with zf.open(member) as source, partial.open("wb") as out:
-                for block in iter(lambda: source.read(1 << 20), b""):
-                    out.write(block)
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise DataError(f"{archive}: cannot extract '{member}' ({error})") from None
-    partial.replace(target)
-    return target
-
-
 def _downloaded_file(spec: DatasetSpec, data_dir: Path, download: bool) -> Path:
     layout = f"{data_dir / spec.name}/pool.json.gz (with test.json.gz and trials.json)"
     if spec.url is None:
@@ -387,10 +290,8 @@ def _downloaded_file(spec: DatasetSpec, data_dir: Path, download: bool) -> Path:
             ) from None
     if spec.archive_member is None:
         return raw
-    extracted = raw.parent / spec.archive_member
-    return (
-        extracted if extracted.is_file() else extract_member(raw, spec.archive_member, raw.parent)
-    )
+    # Checked against the archive's CRC-32 on every use; extracted again when it differs.
+    return extract_member(raw, spec.archive_member, raw.parent)
 
 
 def resolve_named(
@@ -423,6 +324,38 @@ def resolve_named(
     )
 
 
+def resolve_data(
+    data: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    format: str | None = None,
+    target_key: str | None = None,
+    **options: Any,
+) -> NamedDataset | None:
+    """What ``data`` names: a study-layout folder or a named dataset, else ``None`` (a file).
+
+    The one place that tells the three apart, for every command that takes DATA: an
+    existing folder with ``pool.json.gz`` is a study folder; a name that is no existing
+    path but a dataset code or alias is resolved under ``data_dir`` (:func:`resolve_named`);
+    anything else is a dataset file or folder for :func:`~matxfer.data.readers.read_dataset`.
+
+    Args:
+        data: Path or dataset name.
+        data_dir: Where named datasets live (default: :func:`default_data_dir`).
+        download: Download a named dataset's public file when nothing is found locally.
+        format: Reader format of a study folder's files (named datasets know theirs).
+        target_key: Target field of a study folder's records (named datasets know theirs).
+        **options: ``skip_invalid``, ``validation``.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir() and (path / "pool.json.gz").is_file():
+        return open_study_directory(path, format=format, target_key=target_key, **options)
+    if not path.exists() and is_named(str(data)):
+        return resolve_named(str(data), data_dir, download, **options)
+    return None
+
+
 def check_dataset(
     target: str | Path,
     format: str | None = None,
@@ -447,13 +380,10 @@ def check_dataset(
     """
     path = Path(target).expanduser()
     options: dict[str, Any] = {"skip_invalid": skip_invalid, "validation": validation}
-    if path.is_dir() and (path / "pool.json.gz").is_file():
-        named = open_study_directory(path, format=format, target_key=target_key, **options)
-    elif path.exists() or not is_named(str(target)):
+    named = resolve_data(target, data_dir, format=format, target_key=target_key, **options)
+    if named is None:
         if not path.exists() and not path.suffix:
             names = ", ".join(dataset_names())
             raise DataError(f"{target}: no such file or directory, nor a dataset name ({names})")
         return [read_dataset(path, format, target_key, skip_invalid, validation)]
-    else:
-        named = resolve_named(str(target), data_dir, **options)
     return [part for part in (named.pool, named.test) if part is not None]

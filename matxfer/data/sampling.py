@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from matxfer.errors import ConfigError, DataError, Problem
 
 #: A strategy maps (target values [N], subset size n < N, generator) to n distinct indices.
 Strategy = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+#: The strategies a config may name (the keys of :data:`STRATEGIES`).
+SamplingName = Literal["random", "stratified", "normal"]
 
 #: Number of target-quantile bins of the ``stratified`` strategy (fewer when n is smaller).
 STRATIFIED_BINS = 10
@@ -90,7 +93,7 @@ def _normal(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 #: Strategy name → implementation; the one place names are resolved.
-STRATEGIES: dict[str, Strategy] = {
+STRATEGIES: dict[SamplingName, Strategy] = {
     "random": _random,
     "stratified": _stratified,
     "normal": _normal,

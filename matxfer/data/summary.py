@@ -97,8 +97,11 @@ def summary_table(summary: DatasetSummary, title: str) -> Table:
         title: Table title (e.g. the source file).
     """
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_header=False, title_justify="left")
+    # Text, not str: file names and target names are user text that rich must not
+    # parse as markup ("a[/b].json" would raise, "[red]" would vanish).
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     table.add_row("records", str(summary.n_records))
@@ -109,7 +112,7 @@ def summary_table(summary: DatasetSummary, title: str) -> Table:
     )
     for name, stats in summary.targets.items():
         table.add_row(
-            f"target '{name}'",
+            Text(f"target '{name}'"),
             f"min {stats.min:.4g}, mean {stats.mean:.4g}, max {stats.max:.4g} (n={stats.count})",
         )
     return table

@@ -19,7 +19,7 @@ spread (constant, or a single labelled record) gets scale 1 and a warning.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from matxfer.errors import ConfigError, DataError
 
 TransformKind = Literal["standardize", "minmax", "both", "none"]
-TRANSFORM_KINDS: tuple[str, ...] = ("standardize", "minmax", "both", "none")
+TRANSFORM_KINDS: tuple[str, ...] = get_args(TransformKind)
 _STATS = ("mean", "std", "min", "max")
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)

@@ -21,7 +21,9 @@ Choices made here:
   neighbour cutoff until every atom has ``max_neighbors`` neighbours, but it
   stops at ``GraphConfig.max_cutoff`` (30 Å). A structure in which some atom
   still has fewer neighbours within that radius (an isolated atom or molecule in
-  a huge vacuum box) is rejected here rather than failing later.
+  a huge vacuum box) is rejected here rather than failing later;
+  :class:`ValidationConfig` takes both limits from
+  :class:`~matxfer.graphs.config.GraphConfig`.
 * Duplicate ids: exact duplicates (same id, targets and structure) are not
   problems (readers drop all but the first, see :func:`drop_identical_duplicates`);
   the same id with a different target or structure is a problem on every
@@ -41,6 +43,7 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from matxfer.data.records import Record
 from matxfer.errors import Problem
+from matxfer.graphs.config import GraphConfig
 
 #: Highest atomic number with CGCNN atom features (jarvis ``atom_init.json``: Z = 1..100).
 MAX_SUPPORTED_Z = 100
@@ -50,6 +53,11 @@ ATOMIC_NUMBERS: dict[str, int] = {Element.from_Z(z).symbol: z for z in range(1, 
 
 #: Longest accepted lattice vector in Å; longer ones are unit mistakes, not crystals.
 MAX_LATTICE_LENGTH = 1e4
+
+#: Most atoms per structure accepted by default (validation and graph building): far
+#: above the study's crystals (at most a few hundred atoms), and it keeps one
+#: pathological supercell from costing minutes and gigabytes.
+MAX_ATOMS = 5000
 
 _ISOTOPES = {"D": "H", "T": "H"}
 _PBC = np.ones(3, dtype=np.int64)
@@ -71,6 +79,10 @@ def describe_error(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+#: The graph settings records are checked for unless told otherwise.
+_GRAPH_DEFAULTS = GraphConfig()
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     """Thresholds of the record checks.
@@ -81,26 +93,24 @@ class ValidationConfig:
         min_volume: Smallest allowed cell volume in Å^3; smaller means a
             singular or collapsed lattice (default: ``0.1``).
         neighbor_cutoff: Radius in Å within which every atom needs
-            ``min_neighbors`` neighbours; matches ``GraphConfig.max_cutoff``
-            (default: ``30.0``).
-        min_neighbors: Neighbours every atom needs within ``neighbor_cutoff``;
-            matches ``GraphConfig.max_neighbors`` (default: ``12``).
+            ``min_neighbors`` neighbours (default: the default
+            ``GraphConfig.max_cutoff``, 30 Å).
+        min_neighbors: Neighbours every atom needs within ``neighbor_cutoff``
+            (default: the default ``GraphConfig.max_neighbors``, 12).
+        max_atoms: Most atoms a structure may have (default: :data:`MAX_ATOMS`).
     """
 
     min_distance: float = 0.5
     min_volume: float = 0.1
-    neighbor_cutoff: float = 30.0
-    min_neighbors: int = 12
+    neighbor_cutoff: float = _GRAPH_DEFAULTS.max_cutoff
+    min_neighbors: int = _GRAPH_DEFAULTS.max_neighbors
+    max_atoms: int = MAX_ATOMS
 
     @classmethod
-    def for_graphs(cls, max_cutoff: float, max_neighbors: int) -> ValidationConfig:
-        """Config whose neighbour check matches a graph configuration.
-
-        Args:
-            max_cutoff: ``GraphConfig.max_cutoff``.
-            max_neighbors: ``GraphConfig.max_neighbors``.
-        """
-        return cls(neighbor_cutoff=max_cutoff, min_neighbors=max_neighbors)
+    def for_graphs(cls, graph: GraphConfig) -> ValidationConfig:
+        """Config whose neighbour check matches a graph configuration: a structure
+        passes exactly when ``graph`` can give every atom its neighbours."""
+        return cls(neighbor_cutoff=graph.max_cutoff, min_neighbors=graph.max_neighbors)
 
 
 def _type_name(value: object) -> str:
@@ -254,6 +264,15 @@ def check_not_empty(n_atoms: int) -> None:
         raise InvalidRecordError("structure has no atoms")
 
 
+def check_atom_count(n_atoms: int, max_atoms: int) -> None:
+    """Reject structures with more than ``max_atoms`` atoms (validation and graph building)."""
+    if n_atoms > max_atoms:
+        raise InvalidRecordError(
+            f"structure has {n_atoms} atoms, over the limit of {max_atoms} (max_atoms; "
+            "raise it with ValidationConfig(max_atoms=...) / build_graphs(max_atoms=...))"
+        )
+
+
 def _reduced(lattice: np.ndarray) -> np.ndarray:
     """LLL-reduce flat or skewed cells, whose image search would otherwise explode."""
     # Lattice-plane spacings are the inverse lengths of the reciprocal vectors.
@@ -314,13 +333,15 @@ def _neighbor_lower_bound(lattice: np.ndarray, cart: np.ndarray, radius: float, 
     """Neighbours every atom has at least, within ``radius`` (no neighbour search).
 
     Its own periodic images, and the images of every atom that are within
-    ``radius - diameter``, where ``diameter`` is the largest distance between
-    two atoms of the cell. Stops early once ``needed`` is reached.
+    ``radius - diameter``, where ``diameter`` bounds the largest distance
+    between two atoms of the cell: the diagonal of their bounding box, O(N)
+    where the exact diameter needs an N x N x 3 array (tens of GB for a
+    30,000-atom supercell). Stops early once ``needed`` is reached.
     """
     own = _images_within(lattice, radius) - 1
     if own >= needed:
         return own
-    diameter = float(np.sqrt(((cart[:, None, :] - cart[None, :, :]) ** 2).sum(-1).max()))
+    diameter = float(np.linalg.norm(cart.max(axis=0) - cart.min(axis=0)))
     return max(own, len(cart) * _images_within(lattice, radius - diameter) - 1)
 
 
@@ -356,6 +377,7 @@ def check_neighbors(lattice: np.ndarray, cart: np.ndarray, config: ValidationCon
 def check_structure(structure: Structure, config: ValidationConfig) -> None:
     """All structural checks on one pymatgen structure."""
     check_not_empty(len(structure))
+    check_atom_count(len(structure), config.max_atoms)
     try:
         numbers = structure.atomic_numbers
     except AttributeError:

@@ -30,6 +30,7 @@ from pymatgen.core import Structure
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from matxfer.data.validate import MAX_ATOMS, InvalidRecordError, check_atom_count
 from matxfer.errors import ConfigError, DataError, MatxferError, Problem
 from matxfer.graphs.cache import AtomGraph, GraphCache
 from matxfer.graphs.config import GraphConfig
@@ -137,19 +138,28 @@ def with_line_graphs(graphs: Sequence[AtomGraph], config: GraphConfig) -> list[G
     ]
 
 
-def build_graph(structure: Structure, config: GraphConfig | None = None) -> CrystalGraph:
+def build_graph(
+    structure: Structure, config: GraphConfig | None = None, max_atoms: int = MAX_ATOMS
+) -> CrystalGraph:
     """ALIGNN's atom graph and line graph of one crystal.
 
     Args:
         structure: An ordered crystal.
         config: Graph parameters (default: :class:`GraphConfig` defaults).
+        max_atoms: Most atoms accepted (default: :data:`~matxfer.data.validate.MAX_ATOMS`).
 
     Raises:
-        MatxferError: The structure is disordered, its cell is degenerate, or an
-            atom has fewer than ``max_neighbors`` neighbours within ``max_cutoff``.
+        MatxferError: The structure is disordered or has over ``max_atoms`` atoms,
+            its cell is degenerate, or an atom has fewer than ``max_neighbors``
+            neighbours within ``max_cutoff``.
     """
     config = config or GraphConfig()
-    graph = atom_graphs([crystal_arrays(structure)], config)[0]
+    arrays = crystal_arrays(structure)
+    try:
+        check_atom_count(len(arrays[0]), max_atoms)
+    except InvalidRecordError as error:
+        raise MatxferError(str(error)) from None
+    graph = atom_graphs([arrays], config)[0]
     if isinstance(graph, str):
         raise MatxferError(graph)
     return with_line_graphs([graph], config)[0].to_graph()
@@ -163,6 +173,7 @@ def build_graphs(
     progress: bool = True,
     *,
     ids: Sequence[str] | None = None,
+    max_atoms: int = MAX_ATOMS,
 ) -> list[CrystalGraph]:
     """Graphs of many crystals, from the disk cache where possible.
 
@@ -175,6 +186,8 @@ def build_graphs(
             (default: ``1``).
         progress: Show a progress bar on stderr (default: ``True``).
         ids: Record ids, only to name failing structures in errors (default: ``None``).
+        max_atoms: Most atoms per structure; a larger one is a problem, not a
+            memory blow-up (default: :data:`~matxfer.data.validate.MAX_ATOMS`).
 
     Returns:
         One :class:`CrystalGraph` per structure, in order.
@@ -190,8 +203,10 @@ def build_graphs(
     crystals: list[CrystalArrays | None] = []
     for index, structure in enumerate(structures):
         try:
-            crystals.append(crystal_arrays(structure))
-        except MatxferError as error:
+            arrays = crystal_arrays(structure)
+            check_atom_count(len(arrays[0]), max_atoms)
+            crystals.append(arrays)
+        except (MatxferError, InvalidRecordError) as error:
             crystals.append(None)
             problems.append(_problem(index, ids, str(error)))
 

@@ -16,6 +16,10 @@ from matxfer.models.embedding import AtomEmbedding, RBFEmbedding
 from matxfer.models.features import CGCNN_NUM_FEATURES
 from matxfer.models.mlp import MLPHead, check_norm
 
+#: Last bond-length RBF centre in Å: the reference ALIGNN's 8 Å (also the first
+#: radius of its neighbour search).
+RBF_CUTOFF = 8.0
+
 
 class ALIGNN(nn.Module):
     r"""Atomistic Line Graph Neural Network.
@@ -51,7 +55,7 @@ class ALIGNN(nn.Module):
         triplet_input_features: RBF centres for angle cosines (default: ``40``).
         atom_input_features: Atom feature width; only the 92 CGCNN features
             exist (default: ``92``).
-        cutoff: Last bond-length RBF centre in Å (default: ``8.0``).
+        cutoff: Last bond-length RBF centre in Å (default: :data:`RBF_CUTOFF`, 8 Å).
         norm: ``"batch"`` (2021 ALIGNN), ``"layer"`` (pure-PyTorch reference
             variant) or ``"none"`` (default: ``"batch"``).
         head_hidden_layers: Hidden MLP blocks in the head (default: ``0``).
@@ -90,7 +94,7 @@ class ALIGNN(nn.Module):
         edge_input_features: int = 80,
         triplet_input_features: int = 40,
         atom_input_features: int = CGCNN_NUM_FEATURES,
-        cutoff: float = 8.0,
+        cutoff: float = RBF_CUTOFF,
         norm: str = "batch",
         head_hidden_layers: int = 0,
         head_hidden_features: int | None = None,

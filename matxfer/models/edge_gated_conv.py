@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from matxfer.models.block_norm import norm_silu
-from matxfer.models.fused_ops import linear
-from matxfer.models.gated_edges import edge_gated_update
 from matxfer.models.mlp import check_norm, make_norm, reset_module
+from matxfer.models.ops.block_norm import norm_silu
+from matxfer.models.ops.fused_ops import linear
+from matxfer.models.ops.gated_edges import edge_gated_update
 
 
 class EdgeGatedGraphConv(nn.Module):
@@ -32,7 +32,7 @@ class EdgeGatedGraphConv(nn.Module):
 
     On ALIGNN's line graph the "nodes" are bonds and the "edges" are bond
     pairs (angles), so the per-edge work dominates; it runs in
-    :func:`~matxfer.models.gated_edges.edge_gated_update`, blockwise and
+    :func:`~matxfer.models.ops.gated_edges.edge_gated_update`, blockwise and
     keeping only :math:`y` and :math:`m` for the backward pass.
 
     Args:

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 from torch import Tensor, nn
 
 from matxfer.errors import ConfigError
-from matxfer.models.block_norm import linear_norm_silu
+from matxfer.models.ops.block_norm import linear_norm_silu
 
 #: ``"batch"``: BatchNorm1d, as in the 2021 ALIGNN; ``"layer"``: LayerNorm, as in
 #: the reference's pure-PyTorch ``alignn_atomwise_pure``; ``"none"``: identity.

@@ -4,8 +4,9 @@ Public API:
 
 * :func:`train` → :class:`TrainResult`: a run directory with ``best.ckpt``,
   ``last.ckpt``, ``config.yaml``, ``metrics.json``, predictions, plots and a
-  model card.
+  model card; what it trains on is a :class:`DataSpec` (or its loose options).
 * :func:`evaluate`, :func:`predict`: a trained model on a dataset.
+* :func:`is_finished`: whether a run directory holds a finished run (``done.json``).
 * :func:`load_predictor` → :class:`Predictor`: ``.predict(structures)`` on
   pymatgen ``Structure`` s or ASE ``Atoms``.
 * :func:`load_model` / :func:`save_model`: checkpoints that rebuild the model
@@ -29,24 +30,25 @@ from matxfer.training.config import (
     PROFILES,
     ModelSettings,
     TrainConfig,
-    config_for_run,
     load_config,
     resolve_config,
     save_config,
 )
+from matxfer.training.inputs import DataSpec
+from matxfer.training.losses import resolve_loss
 from matxfer.training.metrics import regression_metrics
 from matxfer.training.predictor import Predictor, evaluate, load_predictor, predict
+from matxfer.training.rundir import config_for_run, is_finished
 
 if TYPE_CHECKING:
     from matxfer.training.datamodule import GraphDataModule
-    from matxfer.training.module import PropertyModule, resolve_loss
+    from matxfer.training.module import PropertyModule
     from matxfer.training.run import TrainResult, train
 
 #: Lightning-dependent names → the module defining them.
 _LAZY = {
     "GraphDataModule": "matxfer.training.datamodule",
     "PropertyModule": "matxfer.training.module",
-    "resolve_loss": "matxfer.training.module",
     "TrainResult": "matxfer.training.run",
     "train": "matxfer.training.run",
 }
@@ -60,6 +62,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "PROFILES",
+    "DataSpec",
     "GraphDataModule",
     "LoadedModel",
     "ModelSettings",
@@ -69,6 +72,7 @@ __all__ = [
     "TrainResult",
     "config_for_run",
     "evaluate",
+    "is_finished",
     "load_config",
     "load_model",
     "load_predictor",

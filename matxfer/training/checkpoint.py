@@ -19,7 +19,6 @@ saving never leaves a truncated checkpoint.
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -30,7 +29,9 @@ import torch
 from torch import nn
 
 from matxfer import __version__
+from matxfer.atomic import atomic_path
 from matxfer.data.transforms import TargetTransform
+from matxfer.data.validate import describe_error
 from matxfer.errors import MatxferError
 from matxfer.graphs.config import GraphConfig
 from matxfer.models import ALIGNN
@@ -42,21 +43,21 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"ALIGNN": ALIGNN}
 #: Checkpoint a run directory resolves to.
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
+#: Payload fields every matxfer checkpoint has, with the type each must have.
+_PAYLOAD_FIELDS: dict[str, tuple[type, str]] = {
+    "model_class": (str, "a string"),
+    "model_config": (dict, "a dict"),
+    "transform": (dict, "a dict"),
+    "graph_config": (dict, "a dict"),
+    "target_names": (list, "a list"),
+}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` to a unique temporary file beside ``path``, fsync, then rename over
+    ``path`` (see :func:`matxfer.atomic.atomic_path`)."""
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_payload(
@@ -148,21 +149,60 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a readable checkpoint ({str(error).splitlines()[0]}); "
             "the file may be truncated or corrupted: re-copy it or retrain"
         ) from None
+    except Exception as error:  # a crafted pickle can fail the unpickler in many ways
+        raise MatxferError(
+            f"{path}: not a readable checkpoint ({describe_error(error)}); "
+            "use a checkpoint written by matxfer train"
+        ) from None
     if not isinstance(checkpoint, dict) or "matxfer" not in checkpoint:
         raise MatxferError(
             f"{path}: not a matxfer checkpoint (no model description); "
             "use a checkpoint written by matxfer train"
         )
-    fmt = checkpoint["matxfer"].get("format")
+    _check_payload(checkpoint, path)
+    return checkpoint
+
+
+def _check_payload(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse missing or mistyped payload fields, naming them all, so that no later
+    ``.get`` or ``**config`` fails with a bare AttributeError or TypeError."""
+    info = checkpoint["matxfer"]
+    if not isinstance(info, dict):
+        raise MatxferError(
+            f"{path}: the checkpoint's model description is {type(info).__name__}, "
+            "expected a dict; was the file edited or written by another program?"
+        )
+    fmt = info.get("format")
     if fmt != CHECKPOINT_FORMAT:
         raise MatxferError(
-            f"{path}: checkpoint format {fmt} written by matxfer "
-            f"{checkpoint['matxfer'].get('matxfer_version')}; this matxfer ({__version__}) reads "
+            f"{path}: checkpoint format {fmt!r} written by matxfer "
+            f"{info.get('matxfer_version')!r}; this matxfer ({__version__}) reads "
             f"format {CHECKPOINT_FORMAT}"
         )
-    if "state_dict" not in checkpoint:
+    wrong = [
+        f"'{key}' " + ("is missing" if key not in info else f"is not {what}")
+        for key, (kind, what) in _PAYLOAD_FIELDS.items()
+        if not isinstance(info.get(key), kind)
+    ]
+    names = info.get("target_names")
+    if isinstance(names, list) and not (names and all(isinstance(n, str) for n in names)):
+        wrong.append("'target_names' is not a non-empty list of strings")
+    if wrong:
+        raise MatxferError(
+            f"{path}: invalid model description ({'; '.join(wrong)}); "
+            "was the file edited or written by another program?"
+        )
+    state = checkpoint.get("state_dict")
+    if state is None:
         raise MatxferError(f"{path}: checkpoint holds no weights (state_dict)")
-    return checkpoint
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise MatxferError(
+            f"{path}: the checkpoint's weights (state_dict) are {type(state).__name__}, "
+            "expected a dict of named tensors"
+        )
+    epoch = checkpoint.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise MatxferError(f"{path}: the checkpoint's epoch is {epoch!r}, expected an integer")
 
 
 def split_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
@@ -207,7 +247,7 @@ def load_model(run_or_ckpt: str | Path) -> LoadedModel:
     path = resolve_checkpoint(run_or_ckpt)
     checkpoint = read_checkpoint(path)
     info = checkpoint["matxfer"]
-    model_class = MODEL_CLASSES.get(info.get("model_class", ""))
+    model_class = MODEL_CLASSES.get(info["model_class"])
     if model_class is None:
         raise MatxferError(
             f"{path}: unknown model class {info.get('model_class')!r}; "
@@ -218,10 +258,10 @@ def load_model(run_or_ckpt: str | Path) -> LoadedModel:
         model.load_state_dict(split_state_dict(checkpoint["state_dict"], "model"), strict=True)
         transform = TargetTransform.from_dict(info["transform"])
         graph_config = GraphConfig.model_validate(info["graph_config"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+    except Exception as error:  # any bad value of a crafted payload, named with the file
         raise MatxferError(
             f"{path}: the weights do not match the stored model description "
-            f"({str(error).splitlines()[0]}); was the file edited or written by another program?"
+            f"({describe_error(error)}); was the file edited or written by another program?"
         ) from None
     model.eval()
     return LoadedModel(

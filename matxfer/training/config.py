@@ -25,14 +25,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
+from matxfer.atomic import write_text_atomic
+from matxfer.data.sampling import SamplingName
+from matxfer.data.transforms import TransformKind as TransformName
 from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
+from matxfer.models.alignn import RBF_CUTOFF
+from matxfer.models.mlp import NormKind
 
+#: Owned here: the training losses (:func:`matxfer.training.losses.resolve_loss`).
 LossName = Literal["mse", "l1", "huber", "masked_l1"]
-SamplingName = Literal["random", "stratified", "normal"]
-TransformName = Literal["standardize", "minmax", "both", "none"]
+#: Owned here: the learning-rate schedules (:class:`matxfer.training.module.PropertyModule`).
+SchedulerName = Literal["onecycle", "none"]
 
 
 class ModelSettings(BaseModel):
@@ -45,6 +60,9 @@ class ModelSettings(BaseModel):
         embedding_features: Width of the embedding MLPs' hidden layer (default: ``64``).
         edge_input_features: RBF expansion size of bond lengths (default: ``80``).
         triplet_input_features: RBF expansion size of bond-angle cosines (default: ``40``).
+        cutoff: Last bond-length RBF centre in Å (default: ``8.0``, the reference's;
+            :data:`matxfer.models.alignn.RBF_CUTOFF`). Written to configs only when
+            changed, so configs and study job ids from before it existed stay the same.
         norm: ``"batch"`` (the 2021 ALIGNN the study used), ``"layer"``
             (the reference's pure-PyTorch model) or ``"none"`` (default: ``"batch"``).
         head_hidden_layers: Hidden MLP blocks of the output head (default: ``0``).
@@ -60,10 +78,18 @@ class ModelSettings(BaseModel):
     embedding_features: int = Field(64, ge=1)
     edge_input_features: int = Field(80, ge=1)
     triplet_input_features: int = Field(40, ge=1)
-    norm: Literal["batch", "layer", "none"] = "batch"
+    cutoff: float = Field(RBF_CUTOFF, gt=0)
+    norm: NormKind = "batch"
     head_hidden_layers: int = Field(0, ge=0)
     head_hidden_features: int | None = Field(None, ge=1)
-    head_norm: Literal["batch", "layer", "none"] = "none"
+    head_norm: NormKind = "none"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_cutoff(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.cutoff == RBF_CUTOFF:
+            data.pop("cutoff", None)
+        return data
 
 
 class TrainConfig(BaseModel):
@@ -87,6 +113,8 @@ class TrainConfig(BaseModel):
             stopping; ``None`` never stops early (default: ``50``).
         val_fraction: Share of the training records held out for validation (default: ``0.1``).
         test_fraction: Share held out for testing when no test set is given (default: ``0.1``).
+        test_seed: Seed of that held-out share; ``None`` uses ``seed``. Fix it to compare
+            runs of several seeds on one test set (default: ``None``).
         sampling: How ``size`` records are drawn from a larger pool (default: ``"random"``).
         target_transform: Target normalisation fitted on the training split;
             ``both`` is the study's standardize-then-[-1, 1] (default: ``"both"``).
@@ -96,6 +124,13 @@ class TrainConfig(BaseModel):
             epoch; once spent, training stops and the best checkpoint so far is tested
             as usual. The one-cycle schedule is not shortened, so a run cut short ends
             at a high learning rate. ``None``: no budget (default: ``None``).
+        devices: Processes (one per GPU, or CPU processes sharing the run's threads)
+            training data-parallel with DDP; ``batch_size`` stays the global batch,
+            so each process takes ``batch_size / devices`` of it and must divide it
+            (default: ``1``).
+        strategy: ``auto`` (DDP when ``devices`` > 1) or ``ddp`` (also for one
+            device). Both are execution settings: a resumed run may change them,
+            the global batches stay the same (default: ``"auto"``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -108,18 +143,36 @@ class TrainConfig(BaseModel):
     huber_delta: float = Field(1.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    scheduler: Literal["onecycle", "none"] = "onecycle"
+    scheduler: SchedulerName = "onecycle"
     pct_start: float = Field(0.3, gt=0, lt=1)
     epochs: int = Field(500, ge=1)
     batch_size: int = Field(16, ge=1)
     early_stopping_patience: int | None = Field(50, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
+    test_seed: int | None = None
     sampling: SamplingName = "random"
     target_transform: TransformName = "both"
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"
     max_minutes: float | None = Field(None, gt=0)
+    devices: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+
+    @field_validator("devices")
+    @classmethod
+    def _divides_batch(cls, devices: int, info: ValidationInfo) -> int:
+        batch_size = info.data.get("batch_size")
+        if batch_size is not None and batch_size % devices:
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch and must be a multiple of "
+                f"devices {devices} (each process takes batch_size / devices)"
+            )
+        return devices
+
+
+#: Execution settings of data-parallel training: a resumed run may change them.
+PARALLEL_KEYS = ("devices", "strategy")
 
 
 #: Overrides applied to the :class:`TrainConfig` defaults by each profile.
@@ -235,34 +288,4 @@ def load_config(
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file, then rename)."""
     path = Path(path)
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def config_for_run(
-    config_file: str | Path | None = None,
-    profile: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-) -> TrainConfig:
-    """The config of a new or resumed run.
-
-    A new run: profile → ``config_file`` → ``overrides``. A resumed run with
-    neither ``config_file`` nor ``profile``: the run's saved ``config.yaml``
-    → ``overrides`` (so ``--resume`` alone continues the run as configured).
-
-    Args:
-        config_file: YAML file.
-        profile: Profile name.
-        overrides: Values from command-line flags (``None`` values are ignored).
-        run_dir: The run directory (used when resuming).
-        resume: Whether the run is resumed.
-    """
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    saved = Path(run_dir) / "config.yaml" if run_dir is not None else None
-    if resume and config_file is None and profile is None and saved is not None and saved.is_file():
-        return load_config(saved, overrides=given)
-    return load_config(config_file, profile=profile, overrides=given)
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -14,18 +14,17 @@ validate and test a model:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from matxfer.data import Dataset, NamedDataset, ValidationConfig, read_dataset, resolve_named
+from matxfer.data import Dataset, ValidationConfig, read_dataset, resolve_data
 from matxfer.data.records import Record, target_names
-from matxfer.data.registry import is_named, open_study_directory
 from matxfer.data.sampling import sample
 from matxfer.data.splits import (
     check_no_overlap,
@@ -39,6 +38,7 @@ from matxfer.errors import ConfigError, DataError, MatxferError, Problem
 from matxfer.graphs import build_graphs
 from matxfer.graphs.config import GraphConfig
 from matxfer.graphs.data import CrystalGraph
+from matxfer.paths import graph_cache_dir
 from matxfer.training.config import TrainConfig
 from matxfer.training.loaders import with_targets
 
@@ -46,15 +46,78 @@ from matxfer.training.loaders import with_targets
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
 
 
-def cache_dir() -> Path:
-    """matxfer's cache root: ``$MATXFER_CACHE``, else ``~/.cache/matxfer``."""
-    root = os.environ.get("MATXFER_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "matxfer"
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a run trains and tests on: what :func:`prepare_splits` turns into records.
+
+    Stored as ``data_spec`` in the run's ``run_info.json`` (:meth:`to_dict`) so that
+    fine-tuning from the run can re-resolve the records it trained on (leakage audit,
+    pre-training repeated without the fine-tuning test crystals). How records are
+    sampled and split (seed, fractions, ``sampling``) belongs to the run's
+    :class:`~matxfer.training.config.TrainConfig`, stored in ``config.yaml``.
+
+    Attributes:
+        data: Dataset file/directory, a folder in the study layout (``pool.json.gz``,
+            ``test.json.gz``, ``trials.json``) or a named dataset (``ph``, ``dc``, ...).
+        test: Test dataset file; wins over a named dataset's fixed test set.
+        data_dir: Where named datasets live (e.g. ``../shared/datasets``).
+        trial: The study's trial number (named datasets and study folders; needs ``size``).
+        size: Number of training + validation records.
+        target_key: Which target a file's records carry (see the readers).
+        format: File format, when the suffix does not tell.
+        skip_invalid: Skip invalid records (reported) instead of failing.
+    """
+
+    data: str | Path
+    test: str | Path | None = None
+    data_dir: str | Path | None = None
+    trial: int | None = None
+    size: int | None = None
+    target_key: str | None = None
+    format: str | None = None
+    skip_invalid: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of ``run_info.json``, existing paths made absolute (a name stays)."""
+
+        def portable(path: str | Path | None) -> str | None:
+            if path is None:
+                return None
+            full = Path(path).expanduser()
+            return str(full.resolve()) if full.exists() else str(path)  # a name, e.g. "fe"
+
+        return {
+            **asdict(self),
+            "data": portable(self.data),
+            "test": portable(self.test),
+            "data_dir": portable(self.data_dir),
+        }
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> DataSpec:
+        """The spec :meth:`to_dict` wrote (missing keys take their defaults).
+
+        Raises:
+            MatxferError: ``stored`` names no ``data`` or holds keys a spec does not have.
+        """
+        unknown = sorted(set(stored) - cls.__dataclass_fields__.keys())
+        if unknown or not stored.get("data"):
+            raise MatxferError(
+                f"not a data spec: {dict(stored)!r} (needs 'data'; unknown keys {unknown}; "
+                f"allowed: {sorted(cls.__dataclass_fields__)})"
+            )
+        return cls(**{**stored, "skip_invalid": bool(stored.get("skip_invalid", False))})
 
 
-def graph_cache_dir() -> Path:
-    """Where built graphs are cached (content-keyed, so safe to share between runs)."""
-    return cache_dir() / "graphs"
+def as_data_spec(data: DataSpec | str | Path, **options: Any) -> DataSpec:
+    """``data`` as a :class:`DataSpec`: a spec as it is, else a spec of ``data`` and the
+    loose data options (the keyword form ``train(data, out, trial=1, size=100)`` keeps)."""
+    if not isinstance(data, DataSpec):
+        return DataSpec(data, **options)
+    given = {key: value for key, value in options.items() if value not in (None, False)}
+    if given:
+        raise ConfigError(f"data options {sorted(given)} given with a DataSpec; set them in it")
+    return data
 
 
 @dataclass
@@ -69,6 +132,8 @@ class Splits:
         source: Description of the training data.
         test_source: Description of the test data.
         skipped: Number of invalid records skipped while reading.
+        spec: The options these records were prepared from (``None``: prepared
+            otherwise, e.g. merged multi-property records).
         counts: Records per part.
     """
 
@@ -79,6 +144,7 @@ class Splits:
     source: str
     test_source: str
     skipped: int = 0
+    spec: DataSpec | None = None
     counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,20 +171,8 @@ def read_records(
     )
 
 
-def _named_dataset(
-    data: str | Path, data_dir: str | Path | None, skip_invalid: bool
-) -> NamedDataset | None:
-    """The named dataset or study-layout folder ``data`` stands for, else ``None`` (a file)."""
-    path = Path(data).expanduser()
-    if path.is_dir() and (path / "pool.json.gz").is_file():
-        return open_study_directory(path, skip_invalid=skip_invalid)
-    if not path.exists() and is_named(str(data)):
-        return resolve_named(str(data), data_dir=data_dir, skip_invalid=skip_invalid)
-    return None
-
-
 def prepare_splits(
-    data: str | Path,
+    data: DataSpec | str | Path,
     config: TrainConfig,
     test: str | Path | None = None,
     data_dir: str | Path | None = None,
@@ -131,24 +185,22 @@ def prepare_splits(
     """Train/validation/test records of a run (see the module docstring for the rules).
 
     Args:
-        data: Dataset file/directory, a folder in the study layout
-            (``pool.json.gz``, ``test.json.gz``, ``trials.json``) or a named
-            dataset (``ph``, ``dc``, ...).
+        data: What to read (:class:`DataSpec`), or its ``data`` with the other
+            options (``test`` to ``skip_invalid``, see :class:`DataSpec`) given loose.
         config: Supplies ``seed``, ``val_fraction``, ``test_fraction``, ``sampling``.
-        test: Test dataset file; wins over a named dataset's fixed test set.
-        data_dir: Where named datasets live (e.g. ``../shared/datasets``).
-        trial: The study's trial number (named datasets; needs ``size``).
-        size: Number of training + validation records.
-        target_key: Which target a file's records carry (see the readers).
-        format: File format, when the suffix does not tell.
-        skip_invalid: Skip invalid records (reported) instead of failing.
 
     Raises:
         MatxferError: Inconsistent options, or data problems from the readers.
     """
+    spec = as_data_spec(
+        data, test=test, data_dir=data_dir, trial=trial, size=size,
+        target_key=target_key, format=format, skip_invalid=skip_invalid,
+    )  # fmt: skip
+    data, test, trial, size = spec.data, spec.test, spec.trial, spec.size
+    target_key, format, skip_invalid = spec.target_key, spec.format, spec.skip_invalid
     if trial is not None and size is None:
         raise ConfigError("--trial needs --size (the study's subset sizes: 10, 100, 200, 500, 800)")
-    named = _named_dataset(data, data_dir, skip_invalid)
+    named = resolve_data(data, spec.data_dir, skip_invalid=skip_invalid)
     fixed_test: list[Record] | None = None
     test_source = ""
     skipped = 0
@@ -173,8 +225,9 @@ def prepare_splits(
         fixed_test, test_source, n = read_records(test, format, target_key, skip_invalid)
         skipped += n
     if fixed_test is None:
-        pool, fixed_test = test_split(pool, config.test_fraction, seed=config.seed)
-        test_source = f"{config.test_fraction:g} of {source} held out (seed {config.seed})"
+        test_seed = config.seed if config.test_seed is None else config.test_seed
+        pool, fixed_test = test_split(pool, config.test_fraction, seed=test_seed)
+        test_source = f"{config.test_fraction:g} of {source} held out (seed {test_seed})"
     else:
         before = len(pool)
         pool = remove_test_records(pool, fixed_test)
@@ -188,7 +241,7 @@ def prepare_splits(
     names = target_names(train)
     if not names:
         raise DataError(f"{source}: the training records carry no target values")
-    return Splits(train, val, fixed_test, names, source, test_source, skipped)
+    return Splits(train, val, fixed_test, names, source, test_source, skipped, spec)
 
 
 def _is_structure_file(path: Path) -> bool:
@@ -251,28 +304,58 @@ def records_to_predict(
     return read_records(data, format, target_key, skip_invalid)
 
 
-def as_structures(items: Sequence[Structure | Atoms]) -> list[Structure]:
-    """pymatgen Structures from Structures or periodic ASE Atoms.
+def _as_structure(item: object) -> Structure:
+    """A pymatgen Structure from a Structure or a periodic ASE Atoms."""
+    if isinstance(item, Structure):
+        return item
+    if isinstance(item, Atoms):
+        if not all(item.pbc) or item.cell.rank != 3:
+            raise InvalidRecordError(
+                f"ASE Atoms without a periodic 3-D cell (pbc={item.pbc.tolist()}); "
+                "ALIGNN needs crystals"
+            )
+        return AseAtomsAdaptor.get_structure(item)
+    raise InvalidRecordError(
+        f"expected a pymatgen Structure or ASE Atoms, got {type(item).__name__}"
+    )
+
+
+def checked_structures(
+    items: Sequence[Structure | Atoms],
+    graph_config: GraphConfig,
+    ids: Sequence[str] | None = None,
+) -> list[Structure]:
+    """pymatgen Structures from Structures or periodic ASE Atoms, each held to the checks
+    of records read from files (:func:`~matxfer.data.validate.check_structure`, with the
+    neighbour limits of ``graph_config``), so in-memory input fails as clearly as a file.
+
+    Args:
+        items: The structures.
+        graph_config: The model's graph parameters.
+        ids: Names of the structures, for the problems (default: their positions).
 
     Raises:
-        DataError: An item is neither, or an Atoms object has no 3-D cell.
+        DataError: One problem, naming the structure's index (and id), per bad item.
     """
-    out = []
+    if ids is not None and len(ids) != len(items):
+        raise DataError(f"{len(items)} structures but {len(ids)} ids")
+    config = ValidationConfig.for_graphs(graph_config)
+    out, problems = [], []
     for index, item in enumerate(items):
-        if isinstance(item, Structure):
-            out.append(item)
-        elif isinstance(item, Atoms):
-            if not all(item.pbc) or item.cell.rank != 3:
-                raise DataError(
-                    f"structure {index}: ASE Atoms without a periodic 3-D cell "
-                    f"(pbc={item.pbc.tolist()}); ALIGNN needs crystals"
-                )
-            out.append(AseAtomsAdaptor.get_structure(item))
-        else:
-            raise DataError(
-                f"structure {index}: expected a pymatgen Structure or ASE Atoms, "
-                f"got {type(item).__name__}"
-            )
+        name = ids[index] if ids is not None else None
+        try:
+            structure = _as_structure(item)
+            check_structure(structure, config)
+        except InvalidRecordError as error:
+            problems.append(Problem("structures", index, name, str(error)))
+            continue
+        except Exception as error:  # one odd structure must not hide the others' problems
+            reason = f"could not be checked ({describe_error(error)})"
+            problems.append(Problem("structures", index, name, reason))
+            continue
+        out.append(structure)
+    if problems:
+        raise DataError(f"{len(problems)} of {len(items)} structures are invalid", problems)
     return out
 
 

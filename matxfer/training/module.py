@@ -11,53 +11,22 @@ batch and divides by the batch size, as in the study.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from matxfer.data.transforms import TargetTransform
 from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
 from matxfer.training.checkpoint import checkpoint_payload
-from matxfer.transfer.losses import masked_l1
+from matxfer.training.config import SchedulerName
+from matxfer.training.losses import SELF_MASKING_LOSSES, resolve_loss
 
-LossFunction = Callable[[Tensor, Tensor], Tensor]
 #: (model, lr, weight_decay) → optimizer parameter groups (dicts with ``params`` and ``lr``).
 ParamGroups = Callable[[nn.Module, float, float], list[dict[str, Any]]]
-#: Losses given the full ``[B, P]`` prediction and target with NaN for missing labels
-#: (they mask themselves); the others get only the labelled entries.
-SELF_MASKING_LOSSES = frozenset({"masked_l1"})
-
-
-def resolve_loss(name: str, huber_delta: float = 1.0) -> LossFunction:
-    """The loss function called ``name``.
-
-    ``mse``, ``l1`` and ``huber`` average over the labelled entries they are
-    given; ``masked_l1`` (:func:`matxfer.transfer.losses.masked_l1`, the
-    study's multi-property loss) takes ``[B, P]`` with NaN for missing labels
-    and divides the summed absolute error by the batch size B.
-
-    Args:
-        name: ``mse`` (the study), ``l1``, ``huber`` or ``masked_l1`` (case-insensitive).
-        huber_delta: Threshold between the quadratic and linear parts of ``huber``.
-
-    Raises:
-        ConfigError: Unknown name; the message lists the choices.
-    """
-    losses: dict[str, LossFunction] = {
-        "mse": F.mse_loss,
-        "l1": F.l1_loss,
-        "huber": lambda pred, target: F.huber_loss(pred, target, delta=huber_delta),
-        "masked_l1": masked_l1,
-    }
-    try:
-        return losses[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(losses)}") from None
 
 
 class PropertyModule(pl.LightningModule):
@@ -96,9 +65,9 @@ class PropertyModule(pl.LightningModule):
         param_groups: ParamGroups | None = None,
     ) -> None:
         super().__init__()
-        if scheduler not in ("onecycle", "none"):
+        if scheduler not in get_args(SchedulerName):
             raise ConfigError(
-                f"unknown scheduler {scheduler!r}; choose one of ['none', 'onecycle']"
+                f"unknown scheduler {scheduler!r}; choose one of {sorted(get_args(SchedulerName))}"
             )
         self.model = model
         self.transform = transform
@@ -151,22 +120,48 @@ class PropertyModule(pl.LightningModule):
             on_step=False,
             on_epoch=True,
             prog_bar=stage != "test",
+            # Averaged over the DDP processes at the end of the epoch, so early stopping
+            # and the best checkpoint see one global number on every process.
+            sync_dist=True,
         )
         return metrics["loss"]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._log_step(batch, "train")
-        if not bool(torch.isfinite(loss)):
-            # The optimizer step would write NaN into every weight: skip it and end
-            # training; the best checkpoint so far stays the result.
-            self.diverged_at = (self.current_epoch, batch_idx)
-            self.trainer.should_stop = True
-            rank_zero_warn(
-                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, "
-                f"batch {batch_idx}; stopping, the best checkpoint so far is kept"
-            )
-            return None
-        return loss
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            # One verdict for all DDP processes: they must all skip the step or none.
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return loss
+        # The optimizer step would write NaN into every weight: skip it (optimizer_step)
+        # and end training; the best checkpoint so far stays the result.
+        self.diverged_at = (self.current_epoch, batch_idx)
+        self.trainer.should_stop = True
+        rank_zero_warn(
+            f"training diverged: the loss is not finite ({loss.item()} on this process) at "
+            f"epoch {self.current_epoch}, batch {batch_idx}; stopping, the best checkpoint "
+            "so far is kept"
+        )
+        # Not None (Lightning refuses a skipped step under DDP): a zero reaching every
+        # trainable weight, so each process's backward pass and gradient exchange still run.
+        trainable = [p.sum() for p in self.parameters() if p.requires_grad]
+        return torch.stack(trainable).sum() * 0.0
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Lightning's step, skipped after a diverged batch (see :meth:`training_step`)."""
+        if optimizer_closure is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        loss = optimizer_closure()  # training_step and backward, as optimizer.step runs them
+        if self.diverged_at is None:
+            optimizer.step(closure=lambda: loss)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._log_step(batch, "val")

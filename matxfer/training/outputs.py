@@ -3,6 +3,11 @@
 ``metrics.json``, ``predictions_test.csv``, ``parity.png``,
 ``learning_curve.png`` and ``MODEL_CARD.md``; plus the data hash that
 identifies the exact records a model was trained and tested on.
+
+Every file is written atomically (:mod:`matxfer.atomic`). JSON files are
+strict: a NaN or infinite number (e.g. R² of labels without spread) is
+written as ``null``; readers take ``null`` and the ``NaN`` of files written
+by older versions alike (:func:`as_float`, :func:`format_metric`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -24,19 +30,56 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from matxfer import __version__
+from matxfer.atomic import atomic_path, write_text_atomic
 from matxfer.data.records import Record
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def strict_json_value(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None`` (JSON ``null``).
+
+    Python writes them as ``NaN``/``Infinity``, which strict JSON parsers
+    (JavaScript, jq, most other languages) reject.
+    """
+    if isinstance(data, float | np.floating):
+        return float(data) if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict_json_value(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json_value(value) for value in data]
+    return data
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Pretty JSON, atomically; NaN written as ``NaN`` (Python's json default)."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Pretty, strict JSON (NaN and infinities as ``null``), atomically.
+
+    The one writer of matxfer's JSON outputs (metrics, transfer records,
+    evaluations, demo results).
+    """
+    text = json.dumps(strict_json_value(data), indent=2, sort_keys=False, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+def as_float(value: Any) -> float:
+    """A number read from a matxfer JSON file: ``null`` (or old files' ``NaN``) → NaN."""
+    return math.nan if value is None else float(value)
+
+
+def format_metric(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``"n/a"`` when it is missing or not finite."""
+    number = as_float(value)
+    return format(number, spec) if math.isfinite(number) else "n/a"
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Save ``figure`` as PNG atomically (a killed run never leaves half an image)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` as CSV without its index, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def data_hash(records: Sequence[Record]) -> str:
@@ -110,9 +153,8 @@ def plot_parity(
         labelled = ~np.isnan(labels[:, k])
         true, pred = labels[labelled, k], predictions[labelled, k]
         stats = metrics[name]["original"]
-        axis.scatter(
-            true, pred, s=10, alpha=0.6, label=f"R² {stats['r2']:.3f}, MAE {stats['mae']:.4g}"
-        )
+        r2, mae = format_metric(stats["r2"], ".3f"), format_metric(stats["mae"], ".4g")
+        axis.scatter(true, pred, s=10, alpha=0.6, label=f"R² {r2}, MAE {mae}")
         if len(true):
             low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
             axis.plot([low, high], [low, high], color="grey", linewidth=1)
@@ -121,7 +163,7 @@ def plot_parity(
         axis.set_title(f"{name} ({title}, n={int(labelled.sum())})")
         axis.legend(loc="upper left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def csv_log_files(log_dir: Path) -> list[Path]:
@@ -177,7 +219,7 @@ def plot_learning_curve(path: Path, log: pd.DataFrame, best_epoch: int | None) -
     axis.set_ylabel("transformed units")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def software_versions() -> dict[str, str]:
@@ -205,9 +247,14 @@ def stop_description(metrics: dict[str, Any]) -> str:
     return STOP_WORDS.get(metrics.get("stopped_by", ""), "an unrecorded reason")
 
 
+#: Metric → format in the metrics table and the model card.
+METRIC_FORMATS = (("r2", ".4f"), ("mae", ".4g"), ("rmse", ".4g"))
+
+
 def metrics_table(metrics: dict[str, Any], splits: Sequence[str]) -> Any:
     """A rich table of ``metrics.json``: one row per split, target and unit system."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("split", "target", "units", "n", "R²", "MAE", "RMSE")
     for split in splits:
@@ -215,12 +262,10 @@ def metrics_table(metrics: dict[str, Any], splits: Sequence[str]) -> Any:
             for unit, stats in units.items():
                 table.add_row(
                     split,
-                    name,
+                    Text(name),  # a user's target name: never parsed as markup
                     unit,
                     str(stats["n"]),
-                    f"{stats['r2']:.4f}",
-                    f"{stats['mae']:.4g}",
-                    f"{stats['rmse']:.4g}",
+                    *(format_metric(stats[key], spec) for key, spec in METRIC_FORMATS),
                 )
     return table
 
@@ -240,10 +285,8 @@ def write_model_card(
     for split in ("train", "val", "test"):
         for name, units in metrics.get(split, {}).items():
             for unit, stats in units.items():
-                rows.append(
-                    f"| {split} | {name} | {unit} | {stats['n']} | {stats['r2']:.4f} "
-                    f"| {stats['mae']:.4g} | {stats['rmse']:.4g} |"
-                )
+                cells = [format_metric(stats[k], f) for k, f in METRIC_FORMATS]
+                rows.append(f"| {split} | {name} | {unit} | {stats['n']} | {' | '.join(cells)} |")
     versions = "\n".join(f"- {k}: {v}" for k, v in software_versions().items())
     counts = ", ".join(f"{k} {v}" for k, v in info.get("counts", {}).items())
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -24,10 +24,15 @@ from matxfer.data.transforms import TargetTransform
 from matxfer.errors import MatxferError
 from matxfer.graphs.data import CrystalGraph
 from matxfer.training.checkpoint import LoadedModel, load_model
-from matxfer.training.inputs import as_structures, graphs_of, read_records, records_to_predict
+from matxfer.training.inputs import (
+    checked_structures,
+    graphs_of,
+    read_records,
+    records_to_predict,
+)
 from matxfer.training.loaders import graph_loader
 from matxfer.training.metrics import metrics_by_target
-from matxfer.training.outputs import predictions_frame, write_json
+from matxfer.training.outputs import predictions_frame, write_csv, write_json
 
 #: Graphs per inference batch (no gradients, so larger than training batches).
 PREDICT_BATCH_SIZE = 64
@@ -131,7 +136,10 @@ class Predictor:
         return self.loaded.transform.inverse(raw.reshape(len(graphs), -1))
 
     def predict(
-        self, structures: Sequence[Structure | Atoms] | Structure | Atoms, progress: bool = False
+        self,
+        structures: Sequence[Structure | Atoms] | Structure | Atoms,
+        progress: bool = False,
+        ids: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Predictions ``[N, P]`` in original units (P = number of targets, columns in
         :attr:`target_names` order).
@@ -139,12 +147,17 @@ class Predictor:
         Args:
             structures: pymatgen ``Structure`` s or periodic ASE ``Atoms`` (or one of either).
             progress: Show a progress bar while building graphs.
+            ids: Names of the structures, used in error messages (default: their indices).
+
+        Raises:
+            DataError: Some structures fail the checks records read from files pass
+                (close atoms, too few neighbours, unsupported elements ...); all are listed.
         """
         if isinstance(structures, Structure | Atoms):
             structures = [structures]
-        converted = as_structures(structures)
-        graphs = graphs_of(converted, self.loaded.graph_config, progress=progress)
-        return self.predict_graphs(graphs)
+        converted = checked_structures(structures, self.loaded.graph_config, ids)
+        graphs = graphs_of(converted, self.loaded.graph_config, progress=progress, ids=ids)
+        return self.predict_graphs(graphs, ids)
 
     def predict_records(self, records: Sequence[Record], progress: bool = False) -> np.ndarray:
         """Predictions ``[N, P]`` in original units for records."""
@@ -162,11 +175,38 @@ def load_predictor(run_or_ckpt: str | Path, device: torch.device | str | None = 
     return Predictor(load_model(run_or_ckpt), device=device)
 
 
-def _dataset_name(data: str | Path) -> str:
+def dataset_name(data: str | Path) -> str:
+    """A file-name-safe short name of a dataset path (``data/ph_test.json.gz`` → ``ph_test``)."""
     name = Path(str(data)).name
     for suffix in (".gz", ".json", ".csv", ".extxyz", ".xyz", ".parquet"):
         name = name.removesuffix(suffix)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "data"
+
+
+def read_labelled(
+    data: str | Path,
+    names: Sequence[str],
+    format: str | None = None,
+    target_key: str | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[Record], str, int, np.ndarray]:
+    """Records of a labelled dataset and their labels ``[N, P]`` for the targets ``names``.
+
+    Returns:
+        (records, source, number skipped, labels in original units, NaN = missing).
+
+    Raises:
+        MatxferError: Unreadable data, or no record carries any of ``names``.
+    """
+    records, source, skipped = read_records(data, format, target_key, skip_invalid)
+    labels = labels_of(records, names)
+    if np.isnan(labels).all():
+        carried = sorted({k for r in records for k in r.targets})
+        raise MatxferError(
+            f"{source}: no record carries the model's target(s) {list(names)} (they carry "
+            f"{carried}); pass --target-key, or use `matxfer predict` for unlabelled data"
+        )
+    return records, source, skipped, labels
 
 
 def evaluate(
@@ -198,15 +238,8 @@ def evaluate(
         MatxferError: Unreadable inputs, or data without the model's targets.
     """
     predictor = load_predictor(run_or_ckpt)
-    records, source, skipped = read_records(data, format, target_key, skip_invalid)
     names = predictor.target_names
-    labels = labels_of(records, names)
-    if np.isnan(labels).all():
-        carried = sorted({k for r in records for k in r.targets})
-        raise MatxferError(
-            f"{source}: no record carries the model's target(s) {names} (they carry {carried}); "
-            "pass --target-key, or use `matxfer predict` for unlabelled data"
-        )
+    records, source, skipped, labels = read_labelled(data, names, format, target_key, skip_invalid)
     predictions = predictor.predict_records(records, progress=progress)
     result: dict[str, Any] = {
         "data": source,
@@ -217,7 +250,7 @@ def evaluate(
     }
     if out is None:
         run_dir = predictor.loaded.path.parent
-        out = run_dir / f"eval_{_dataset_name(data)}.json"
+        out = run_dir / f"eval_{dataset_name(data)}.json"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
@@ -259,6 +292,5 @@ def predict(
     )
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        write_csv(frame, out)  # atomic: a killed run never leaves half a table
     return frame

@@ -3,18 +3,19 @@
 A run directory holds ``best.ckpt`` (lowest validation MAE: the weights every
 reported number comes from), ``last.ckpt`` (written atomically every epoch,
 for ``resume``), ``config.yaml``, ``metrics.json``, ``predictions_test.csv``,
-``parity.png``, ``learning_curve.png``, ``MODEL_CARD.md`` and ``logs/``
-(CSV and TensorBoard).
+``parity.png``, ``learning_curve.png``, ``MODEL_CARD.md``, ``logs/``
+(CSV and TensorBoard) and, written last, ``done.json`` (see
+:mod:`~matxfer.training.rundir`: the directory lock, new/resumed/overwritten
+runs, :func:`is_finished`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,24 +23,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from matxfer.data.transforms import TargetTransform
-from matxfer.errors import ConfigError, MatxferError
+from matxfer.locking import DirectoryLock
 from matxfer.models import ALIGNN
+from matxfer.ranks import is_secondary_rank
 from matxfer.training.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     atomic_torch_save,
     read_checkpoint,
 )
-from matxfer.training.config import TrainConfig, save_config
+from matxfer.training.config import TrainConfig
 from matxfer.training.datamodule import GraphDataModule
-from matxfer.training.inputs import Splits, labelled_graphs, prepare_splits
+from matxfer.training.distributed import end_secondary_rank, make_strategy, share_threads
+from matxfer.training.inputs import DataSpec, Splits, labelled_graphs, prepare_splits
 from matxfer.training.module import ParamGroups, PropertyModule
 from matxfer.training.outputs import (
     data_hash,
@@ -48,15 +50,31 @@ from matxfer.training.outputs import (
     plot_learning_curve,
     plot_parity,
     predictions_frame,
-    write_json,
+    write_csv,
     write_model_card,
 )
 from matxfer.training.predictor import labels_of, predict_graphs, split_metrics
+from matxfer.training.rundir import (
+    CONFIG_FILE,
+    CSV_LOG_DIR,
+    CSV_LOGGER,
+    LEARNING_CURVE_PLOT,
+    LOG_DIR,
+    MODEL_CARD_FILE,
+    PARITY_PLOT,
+    PREDICTIONS_TEST_FILE,
+    TENSORBOARD_LOGGER,
+    check_run_dir,
+    check_same_data,
+    mark_finished,
+    saved_threads,
+    write_config,
+    write_metrics,
+    write_run_info,
+)
+from matxfer.training.rundir import is_finished as is_finished  # re-exported
 from matxfer.training.threads import use_idle_cores
 
-CONFIG_FILE = "config.yaml"
-CSV_LOG_DIR = "logs/csv"
-RUN_INFO_FILE = "run_info.json"
 #: Lightning messages that say nothing actionable in matxfer's setting.
 _QUIET = [
     r".*does not have many workers.*",
@@ -82,7 +100,8 @@ class EpochTimer(Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log("epoch_seconds", time.perf_counter() - self._start, on_epoch=True)
+        seconds = time.perf_counter() - self._start
+        pl_module.log("epoch_seconds", seconds, on_epoch=True, sync_dist=True)
 
 
 class _DropLightningChatter(logging.Filter):
@@ -116,91 +135,17 @@ class TrainResult:
     config: TrainConfig
 
 
-def _check_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one that is missing or differently configured."""
-    last = out / LAST_CHECKPOINT
-    if resume:
-        if not last.is_file():
-            raise MatxferError(f"{out}: nothing to resume (no {LAST_CHECKPOINT}); drop --resume")
-        saved_path = out / CONFIG_FILE
-        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
-        current = config.model_dump(mode="json")
-        if saved is not None and saved != current:
-            changed = sorted(k for k in current if saved.get(k) != current[k])
-            raise ConfigError(
-                f"{out}: cannot resume with a different config (changed: {changed}); "
-                f"use the options of the interrupted run (see {saved_path}) or a new --out"
-            )
-        read_checkpoint(last)  # a clear error now rather than inside Lightning
-        for stale in out.glob(".*.tmp"):  # half-written files of the killed run
-            stale.unlink()
-    elif last.is_file() or (out / BEST_CHECKPOINT).is_file():
-        raise MatxferError(
-            f"{out} already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )
-
-
-def _saved_threads(out: Path) -> int | None:
-    """The CPU thread count an interrupted run in ``out`` trained with, if recorded."""
-    try:
-        threads = json.loads((out / RUN_INFO_FILE).read_text()).get("cpu_threads")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return threads if isinstance(threads, int) and threads > 0 else None
-
-
-def _check_same_data(out: Path, info: dict[str, Any], resume: bool) -> None:
-    path = out / RUN_INFO_FILE
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("data_hash") != info["data_hash"]:
-            raise MatxferError(
-                f"{out}: the data differ from those of the interrupted run "
-                "(data hash changed); resume with the same data and options"
-            )
-
-
-def _data_spec(
-    data: str | Path,
-    test: str | Path | None,
-    data_dir: str | Path | None,
-    trial: int | None,
-    size: int | None,
-    target_key: str | None,
-    format: str | None,
-    skip_invalid: bool,
-) -> dict[str, Any]:
-    """The data options of a run, paths made absolute, to re-resolve its records later."""
-
-    def portable(path: str | Path | None) -> str | None:
-        if path is None:
-            return None
-        full = Path(path).expanduser()
-        return str(full.resolve()) if full.exists() else str(path)  # a name, e.g. "fe"
-
-    return {
-        "data": portable(data),
-        "test": portable(test),
-        "data_dir": portable(data_dir),
-        "trial": trial,
-        "size": size,
-        "target_key": target_key,
-        "format": format,
-        "skip_invalid": skip_invalid,
-    }
-
-
 def build_model(config: TrainConfig, num_outputs: int) -> ALIGNN:
     """The ALIGNN a config describes, initialised from the config's seed."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    return ALIGNN(num_outputs=num_outputs, **config.model.model_dump())
+    return ALIGNN(num_outputs=num_outputs, **dict(config.model))  # every field, cutoff too
 
 
 def make_trainer(
     out: Path, config: TrainConfig, progress: bool, callbacks: Sequence[Callback] = ()
 ) -> pl.Trainer:
-    """Lightning trainer with atomic checkpoints of the best and the last epoch."""
+    """Lightning trainer with atomic checkpoints of the best and the last epoch, on
+    ``config.devices`` data-parallel processes (see :mod:`~matxfer.training.distributed`)."""
     _quiet_lightning()
     best = ModelCheckpoint(
         dirpath=out,
@@ -232,14 +177,17 @@ def make_trainer(
     return pl.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        strategy=make_strategy(config, _trains_on_cpu(config)),
+        # The data module shares each shuffled epoch among the processes itself.
+        use_distributed_sampler=False,
         deterministic="warn",
         callbacks=[best, last, EpochTimer(), *stoppers, *callbacks],
         logger=[
             # Flushed every epoch so a killed run keeps its log up to its last checkpoint.
-            CSVLogger(out / "logs", name="csv", version="", flush_logs_every_n_steps=1),
+            CSVLogger(out / LOG_DIR, name=CSV_LOGGER, version="", flush_logs_every_n_steps=1),
             TensorBoardLogger(
-                out / "logs", name="tensorboard", version="", default_hp_metric=False
+                out / LOG_DIR, name=TENSORBOARD_LOGGER, version="", default_hp_metric=False
             ),
         ],
         plugins=[AtomicCheckpointIO()],
@@ -302,19 +250,24 @@ def _write_outputs(
         labels = labels_of(records, names)
         outputs[split] = (labels, predictions)
         metrics[split] = split_metrics(labels, predictions, transform, names)
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     if "test" in outputs:
         labels, predictions = outputs["test"]
         frame = predictions_frame([r.id for r in splits.test], predictions, names, labels)
-        frame.to_csv(out / "predictions_test.csv", index=False)
-        plot_parity(out / "parity.png", labels, predictions, names, metrics["test"])
-    plot_learning_curve(out / "learning_curve.png", epoch_log(out / CSV_LOG_DIR), best_epoch)
-    write_model_card(out / "MODEL_CARD.md", (out / CONFIG_FILE).read_text(), metrics, info)
+        write_csv(frame, out / PREDICTIONS_TEST_FILE)
+        plot_parity(out / PARITY_PLOT, labels, predictions, names, metrics["test"])
+    plot_learning_curve(out / LEARNING_CURVE_PLOT, epoch_log(out / CSV_LOG_DIR), best_epoch)
+    write_model_card(out / MODEL_CARD_FILE, (out / CONFIG_FILE).read_text(), metrics, info)
     return metrics
 
 
+def _trains_on_cpu(config: TrainConfig) -> bool:
+    """Whether the run trains on the CPU: no GPU, or the config asks for the CPU."""
+    return config.accelerator == "cpu" or not torch.cuda.is_available()
+
+
 def train(
-    data: str | Path | Splits,
+    data: str | Path | DataSpec | Splits,
     out: str | Path,
     test: str | Path | None = None,
     config: TrainConfig | None = None,
@@ -326,18 +279,31 @@ def train(
     format: str | None = None,
     skip_invalid: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
     model: nn.Module | None = None,
     param_groups: ParamGroups | None = None,
+    keep: Collection[str] = (),
+    finish: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train an ALIGNN model and leave an evaluated run directory.
 
+    The run holds ``out``'s lock throughout (a second process on the same
+    ``out`` is refused) and writes ``done.json`` last (:func:`is_finished`).
+    With ``config.devices`` > 1 it trains data-parallel (DDP): Lightning re-runs
+    the command for ranks 1 to N-1, which train alongside and exit when
+    training ends (``SystemExit(0)``); rank 0 returns the result. A script
+    calling :func:`train` is re-run from the top by those ranks.
+
     Args:
-        data: Dataset file/directory, a named dataset (``ph``) under ``data_dir``,
-            or prepared :class:`~matxfer.training.inputs.Splits` (e.g. merged
-            multi-property records), used as they are: the data options
-            (``test`` to ``skip_invalid``) are then ignored.
+        data: What to train on (:class:`~matxfer.training.inputs.DataSpec`); or its
+            ``data`` (a dataset file/directory, a named dataset such as ``ph``
+            under ``data_dir``) with the other options (``test`` to
+            ``skip_invalid``) given loose; or prepared
+            :class:`~matxfer.training.inputs.Splits` (e.g. merged multi-property
+            records), used as they are: the data options are then ignored and
+            ``run_info.json`` records the spec the splits carry, if any.
         out: Run directory (created).
         test: Test dataset; default: the named dataset's fixed test set, else a
             seeded ``config.test_fraction`` of ``data``.
@@ -349,6 +315,8 @@ def train(
         format: File format, when the suffix does not tell.
         skip_invalid: Skip invalid records instead of failing.
         resume: Continue the interrupted run in ``out`` from ``last.ckpt``.
+        overwrite: Delete what a non-empty ``out`` holds (an old run) and start
+            a new run there; without it, a non-empty ``out`` is refused.
         progress: Progress bars (default: when stderr is a terminal).
         callbacks: Extra Lightning callbacks.
         model: A prepared model (e.g. pre-trained, head replaced, layers frozen)
@@ -357,45 +325,71 @@ def train(
             what the checkpoints store.
         param_groups: Optimizer parameter groups with their own learning rates
             (see :class:`~matxfer.training.module.PropertyModule`).
+        keep: Names in ``out`` a caller wrote for this run before calling
+            (e.g. fine-tuning's ``transfer.json``): not an old run, never cleared.
+        finish: Called with the result after the outputs are written and before
+            the run is marked finished (fine-tuning completes its records).
 
     Raises:
-        MatxferError: Bad data or options, an existing run without ``resume``,
-            or a resume with different config or data.
+        MatxferError: Bad data or options, a non-empty ``out`` without
+            ``resume`` or ``overwrite``, another process using ``out``, or a
+            resume with different config or data.
     """
     config = config or TrainConfig(profile="paper")
     out = Path(out)
     progress = sys.stderr.isatty() if progress is None else progress
-    _check_run_dir(out, config, resume)
-    threads = None
-    if not torch.cuda.is_available():
-        # Float sums depend on the thread count: a resumed run keeps the one it started with.
-        threads = use_idle_cores(_saved_threads(out) if resume else None)
-    if isinstance(data, Splits):
-        splits = data
-    else:
-        splits = prepare_splits(
-            data, config, test, data_dir, trial, size, target_key, format, skip_invalid
-        )
-    info = {
-        "source": splits.source,
-        "test_source": splits.test_source,
-        "counts": splits.counts,
-        "skipped": splits.skipped,
-        "cpu_threads": threads,  # None: trained on the GPU
-        "data_hash": data_hash(splits.train + splits.val + splits.test),
-        "split_hashes": {split: data_hash(records) for split, records in splits.parts().items()},
-        # Lets fine-tuning re-resolve the records this run trained on (leakage audit).
-        "data_spec": None
-        if isinstance(data, Splits)
-        else _data_spec(data, test, data_dir, trial, size, target_key, format, skip_invalid),
-    }
-    _check_same_data(out, info, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / CONFIG_FILE)
-    write_json(out / RUN_INFO_FILE, info)
-    if resume:
-        keep_csv_log(out / CSV_LOG_DIR)
+    with DirectoryLock(out, purpose="training run"):
+        check_run_dir(out, config, resume, overwrite, keep)
+        threads = None
+        secondary = is_secondary_rank()  # a DDP rank > 0: rank 0 prepared ``out``
+        if _trains_on_cpu(config):
+            # Float sums depend on the thread count: a resumed run keeps the one it started;
+            # DDP ranks > 0 take the one rank 0 recorded before starting them.
+            threads = use_idle_cores(saved_threads(out) if resume or secondary else None)
+            share_threads(threads, config.devices)
+        if isinstance(data, Splits):
+            splits = data
+        else:
+            splits = prepare_splits(
+                data, config, test, data_dir, trial, size, target_key, format, skip_invalid
+            )
+        info = {
+            "source": splits.source,
+            "test_source": splits.test_source,
+            "counts": splits.counts,
+            "skipped": splits.skipped,
+            "cpu_threads": threads,  # of all DDP processes together; None: on the GPU
+            "data_hash": data_hash(splits.train + splits.val + splits.test),
+            "split_hashes": {split: data_hash(rs) for split, rs in splits.parts().items()},
+            # Lets fine-tuning re-resolve the records this run trained on (leakage audit).
+            "data_spec": None if splits.spec is None else splits.spec.to_dict(),
+        }
+        if not secondary:
+            check_same_data(out, info, resume)
+            write_config(out, config)
+            write_run_info(out, info)
+            if resume:
+                keep_csv_log(out / CSV_LOG_DIR)
+        metrics = _fit(out, config, splits, info, resume, progress, callbacks, model, param_groups)
+        result = TrainResult(out, out / BEST_CHECKPOINT, metrics, config)
+        if finish is not None:
+            finish(result)
+        mark_finished(out)
+    return result
 
+
+def _fit(
+    out: Path,
+    config: TrainConfig,
+    splits: Splits,
+    info: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[Callback],
+    model: nn.Module | None,
+    param_groups: ParamGroups | None,
+) -> dict[str, Any]:
+    """Build graphs and the module, fit, test the best weights and write the outputs."""
     graphs = {
         split: labelled_graphs(records, splits.target_names, config.graph, progress)
         for split, records in splits.parts().items()
@@ -438,7 +432,8 @@ def train(
         module.load_state_dict(best["state_dict"], strict=True)
         if graphs["test"]:
             trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = _write_outputs(
+    end_secondary_rank(trainer)  # outputs are rank 0's, on the full splits
+    return _write_outputs(
         out,
         module,
         splits,
@@ -449,4 +444,3 @@ def train(
         trainer.current_epoch,
         stop_reason(trainer),
     )
-    return TrainResult(out, out / BEST_CHECKPOINT, metrics, config)

@@ -3,13 +3,15 @@
 - :mod:`~matxfer.transfer.freeze`: :class:`FreezeSpec` (which layer groups
   train), :func:`apply_freeze`, per-group learning rates.
 - :mod:`~matxfer.transfer.heads`: reuse, replace or deepen the output head.
-- :mod:`~matxfer.transfer.losses`: :func:`masked_l1` for labels with gaps.
+- :func:`masked_l1` for labels with gaps (defined in :mod:`matxfer.training.losses`,
+  re-exported here as part of the multi-property API).
 - :mod:`~matxfer.transfer.merge`: find the same crystal across datasets and
   merge them into multi-property records.
 - :mod:`~matxfer.transfer.leakage`: fine-tuning test crystals present in the
   pre-training data.
 """
 
+from matxfer.training.losses import masked_l1
 from matxfer.transfer.freeze import (
     GROUPS,
     PRESETS,
@@ -25,7 +27,6 @@ from matxfer.transfer.freeze import (
 )
 from matxfer.transfer.heads import HEAD_MODES, HeadMode, build_head, prepare_head
 from matxfer.transfer.leakage import LeakageReport, audit_leakage, exclude_structures
-from matxfer.transfer.losses import masked_l1
 from matxfer.transfer.merge import (
     MatchSettings,
     MergeReport,

@@ -36,10 +36,25 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 
 from matxfer.errors import ConfigError, MatxferError
+from matxfer.locking import locks_directory
+from matxfer.training.checkpoint import LAST_CHECKPOINT
 from matxfer.training.config import TrainConfig, resolve_config
-from matxfer.training.outputs import write_json
+from matxfer.training.outputs import (
+    as_float,
+    format_metric,
+    save_figure,
+    write_csv,
+    write_json,
+)
+from matxfer.training.rundir import (
+    PREDICTIONS_TEST_FILE,
+    is_finished,
+    read_metrics,
+    read_transfer_record,
+)
 from matxfer.transfer.heads import HeadMode
 
 #: The study's 5-trial mean test R² on phonons (paper configuration).
@@ -180,24 +195,26 @@ def _stage(
     echo: Callable[[str], None],
     work: Callable[[bool], Any],
 ) -> dict[str, Any]:
-    """Run one step unless finished (its ``metrics.json`` exists); resume it if interrupted.
+    """Run one step unless finished (:func:`~matxfer.training.is_finished`); resume it if
+    interrupted, else start it afresh (``work(resume)`` overwrites what a step killed
+    before its first checkpoint left).
 
     Returns:
         The step's ``metrics.json`` content plus ``seconds`` (wall time when it ran).
     """
-    metrics_path, stage_path = run_dir / "metrics.json", run_dir / STAGE_FILE
-    if metrics_path.is_file() and stage_path.is_file():
+    stage_path = run_dir / STAGE_FILE
+    if is_finished(run_dir) and stage_path.is_file():
         seconds = json.loads(stage_path.read_text())["seconds"]
         echo(f"{label}: done earlier ({seconds:.0f} s), skipped")
     else:
-        resume = (run_dir / "last.ckpt").is_file()
+        resume = (run_dir / LAST_CHECKPOINT).is_file()
         echo(f"{label}{' (resuming)' if resume else ''} ...")
         start = time.perf_counter()
         work(resume)
         seconds = time.perf_counter() - start
         write_json(stage_path, {"seconds": seconds})
         echo(f"{label}: finished in {seconds:.0f} s")
-    return {**json.loads(metrics_path.read_text()), "seconds": seconds}
+    return {**read_metrics(run_dir), "seconds": seconds}
 
 
 def _row(size: int, model: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -205,9 +222,10 @@ def _row(size: int, model: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         "size": size,
         "model": model,
-        "r2": test["r2"],
-        "mae": test["mae"],
-        "rmse": test["rmse"],
+        # null in metrics.json when not finite (strict JSON)
+        "r2": as_float(test["r2"]),
+        "mae": as_float(test["mae"]),
+        "rmse": as_float(test["rmse"]),
         "n_test": test["n"],
         "n_train": metrics["train"]["target"]["original"]["n"],
         "epochs_trained": metrics["epochs_trained"],
@@ -269,7 +287,7 @@ def plot_summary(path: Path, out: Path, rows: Sequence[dict[str, Any]]) -> None:
     bars.set_title("phonon peak: fine-tuned vs from scratch")
     smallest = sizes[0]
     for model, color in [("scratch", "tab:grey"), ("finetuned", "tab:blue")]:
-        frame = pd.read_csv(out / f"{model}_{smallest}" / "predictions_test.csv")
+        frame = pd.read_csv(out / f"{model}_{smallest}" / PREDICTIONS_TEST_FILE)
         r2 = next(r["r2"] for r in rows if r["size"] == smallest and r["model"] == model)
         parity.scatter(
             frame["target"],
@@ -287,9 +305,10 @@ def plot_summary(path: Path, out: Path, rows: Sequence[dict[str, Any]]) -> None:
     parity.set_title(f"test set, {smallest} training structures")
     parity.legend(loc="upper left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
+@locks_directory("out", purpose="demo")
 def run_demo(
     out: str | Path = "matxfer-demo",
     sizes: Sequence[int] = (100, 800),
@@ -314,7 +333,7 @@ def run_demo(
         MatxferError: ``out`` holds a demo with other settings, or a step failed.
     """
     from matxfer.training.run import train
-    from matxfer.transfer.finetune import TRANSFER_FILE, finetune
+    from matxfer.transfer.finetune import finetune
 
     settings = settings or (QUICK if quick else DemoSettings())
     out = Path(out)
@@ -335,11 +354,12 @@ def run_demo(
             config=pt_config,
             size=settings.pretrain_size,
             resume=resume,
+            overwrite=not resume,
             progress=progress,
         ),
     )
-    pt_r2 = pt["test"]["target"]["original"]["r2"]
-    echo(f"      pre-trained model: formation-energy test R² {pt_r2:.3f}")
+    pt_r2 = as_float(pt["test"]["target"]["original"]["r2"])
+    echo(f"      pre-trained model: formation-energy test R² {format_metric(pt_r2, '.3f')}")
     rows, leakage = [], {}
     step = 2
     for size in sizes:
@@ -352,7 +372,7 @@ def run_demo(
             f"[{step}/{steps}] from scratch, {label}",
             echo,
             lambda resume, d=scratch_dir, c=config, kw=data: train(
-                settings.finetune_data, d, config=c, resume=resume, **kw
+                settings.finetune_data, d, config=c, resume=resume, overwrite=not resume, **kw
             ),
         )
         tuned = _stage(
@@ -367,23 +387,24 @@ def run_demo(
                 settings.head,
                 config=c,
                 resume=resume,
+                overwrite=not resume,
                 **kw,
             ),
         )
         step += 2
-        audit = json.loads((tuned_dir / TRANSFER_FILE).read_text())["leakage"]
+        audit = read_transfer_record(tuned_dir)["leakage"]
         leakage[size] = audit.get("summary", "not audited")
         rows += [_row(size, "scratch", scratch), _row(size, "finetuned", tuned)]
         echo(
-            f"      test R²: scratch {scratch['test']['target']['original']['r2']:.3f}, "
-            f"fine-tuned {tuned['test']['target']['original']['r2']:.3f}"
+            f"      test R²: scratch {format_metric(rows[-2]['r2'], '.3f')}, "
+            f"fine-tuned {format_metric(rows[-1]['r2'], '.3f')}"
         )
     csv_path, json_path, plot_path = (
         out / "demo_results.csv",
         out / "demo_results.json",
         out / "demo_summary.png",
     )
-    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    write_csv(pd.DataFrame(rows), csv_path)
     plot_summary(plot_path, out, rows)
     seconds = time.perf_counter() - start
     write_json(
@@ -432,8 +453,8 @@ def results_table(result: DemoResult) -> Table:
             table.add_row(
                 "",
                 "change",
-                f"[{r2_style}]{g['r2_gain_percent']:+.1f}%[/]",
-                f"[{mae_style}]{-g['mae_reduction_percent']:+.1f}%[/]",
+                Text(f"{g['r2_gain_percent']:+.1f}%", style=r2_style),
+                Text(f"{-g['mae_reduction_percent']:+.1f}%", style=mae_style),
                 "",
                 "",
                 "",

@@ -24,6 +24,7 @@ of it in ``RUN/transfer.json``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,17 +36,23 @@ from torch import nn
 from matxfer.data.records import Record
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.graphs.config import GraphConfig
+from matxfer.locking import locks_directory
 from matxfer.models.mlp import MLPHead
 from matxfer.training.checkpoint import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
     LoadedModel,
     load_model,
     resolve_checkpoint,
 )
 from matxfer.training.config import ModelSettings, TrainConfig
-from matxfer.training.inputs import Splits, prepare_splits
-from matxfer.training.outputs import write_json
+from matxfer.training.inputs import DataSpec, Splits, as_data_spec, prepare_splits
+from matxfer.training.outputs import strict_json_value, write_text_atomic
+from matxfer.training.rundir import (
+    MODEL_CARD_FILE,
+    TRANSFER_FILE,
+    check_start,
+    read_transfer_record,
+    write_transfer_record,
+)
 from matxfer.transfer.freeze import (
     FreezeSpec,
     FreezeSummary,
@@ -68,11 +75,21 @@ if TYPE_CHECKING:
 
     from matxfer.training.run import TrainResult
 
-#: Written into the fine-tuning run directory.
-TRANSFER_FILE = "transfer.json"
 #: Sub-directory of the fine-tuning run holding a pre-training repeated without
 #: the fine-tuning test crystals (``exclude_test_structures``).
 EXCLUDED_PRETRAINING_DIR = "pretrain_excluding_test"
+#: What fine-tuning writes into its run directory before training starts.
+FINETUNE_SETUP = (TRANSFER_FILE, EXCLUDED_PRETRAINING_DIR)
+#: Choices a resumed fine-tuning must repeat (compared with ``transfer.json``).
+RESUME_SETTINGS = (
+    "strategy",
+    "head",
+    "head_outputs",
+    "extra_layers",
+    "lr_multipliers",
+    "probe_epochs",
+    "l2sp",
+)
 
 
 @dataclass
@@ -199,10 +216,14 @@ def finetune_config(config: TrainConfig, prepared: FineTuneModel) -> TrainConfig
 
 
 def _optimizer_groups(
-    multipliers: Mapping[str, float],
+    multipliers: Mapping[str, float], l2sp: float = 0.0
 ) -> Callable[[nn.Module, float, float], list[dict[str, Any]]]:
     def build(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        return param_groups(model, lr, multipliers, weight_decay)
+        groups = param_groups(model, lr, multipliers, weight_decay)
+        if l2sp:  # L2-SP replaces the decay towards zero of the backbone
+            for group in groups:
+                group["weight_decay"] = weight_decay if group["name"] == "head" else 0.0
+        return groups
 
     return build
 
@@ -249,6 +270,8 @@ def _model_card_section(record: dict[str, Any]) -> str:
         f"- strategy: {record['strategy']}; head: {record['head']}"
         + (f" (outputs {record['head_outputs']})" if record["head_outputs"] else ""),
         f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}",
+        f"- linear probe (head only) first: {record['probe_epochs'] or 'no'} epochs; "
+        f"L2-SP strength: {record['l2sp'] or 'off'}",
         f"- trainable parameters: {record['freeze']['num_trainable']:,}, "
         f"frozen: {record['freeze']['num_frozen']:,}",
         "- leakage: "
@@ -262,8 +285,47 @@ def _model_card_section(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _start_record(out: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Check ``out`` for this run and write ``transfer.json`` with its settings first.
+
+    ``transfer.json`` is completed when the run ends (:func:`_complete_record`);
+    written at the start, it lets a resume compare the transfer settings with
+    those of the interrupted run (:data:`RESUME_SETTINGS`).
+
+    Raises:
+        ConfigError: A resume with other transfer settings (the message names them).
+        MatxferError: See :func:`~matxfer.training.rundir.check_start`.
+    """
+    check_start(out, resume, overwrite, FINETUNE_SETUP)  # before the audit and any pre-training
+    path = out / TRANSFER_FILE
+    current = json.loads(json.dumps(strict_json_value(settings)))
+    if resume and path.is_file():
+        saved = read_transfer_record(out)
+        changed = [
+            f"{key} {saved[key]!r} -> {current[key]!r}"
+            for key in RESUME_SETTINGS
+            if key in saved and key in current and saved[key] != current[key]
+        ]
+        if changed:
+            raise ConfigError(
+                f"{out}: cannot resume with other transfer settings (changed: "
+                f"{'; '.join(changed)}); use the options of the interrupted run "
+                f"(see {path}) or a new --out"
+            )
+    write_transfer_record(out, {"complete": False, **current})
+
+
+def _complete_record(out: Path, record: dict[str, Any]) -> None:
+    """Write the complete ``transfer.json`` and add the Transfer section to the model card."""
+    write_transfer_record(out, {"complete": True, **record})
+    card = out / MODEL_CARD_FILE
+    if card.is_file():
+        write_text_atomic(card, card.read_text() + _model_card_section(record))
+
+
+@locks_directory("out", purpose="fine-tuning run")
 def finetune(
-    data: str | Path,
+    data: str | Path | DataSpec,
     pretrained: str | Path,
     out: str | Path,
     strategy: FreezeSpec | str = "all",
@@ -276,6 +338,8 @@ def finetune(
     extra_layers: int = 2,
     pretrain_data: str | Path | Sequence[Record] | None = None,
     exclude_test_structures: bool = False,
+    probe_epochs: int = 0,
+    l2sp: float = 0.0,
     audit: bool = True,
     data_dir: str | Path | None = None,
     trial: int | None = None,
@@ -284,6 +348,7 @@ def finetune(
     format: str | None = None,
     skip_invalid: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
@@ -295,7 +360,9 @@ def finetune(
     leakage audit; ``MODEL_CARD.md`` gets a "Transfer" section.
 
     Args:
-        data: Fine-tuning dataset (file, folder, or named dataset under ``data_dir``).
+        data: Fine-tuning data (:class:`~matxfer.training.inputs.DataSpec`), or its
+            dataset (file, folder, or named dataset under ``data_dir``) with the
+            data options (``test``, ``data_dir`` to ``skip_invalid``) given loose.
         pretrained: Pre-training run directory or checkpoint file.
         out: Run directory (created).
         strategy: Freezing strategy (see :func:`~matxfer.transfer.freeze.parse_freeze`;
@@ -314,10 +381,19 @@ def finetune(
             crystals of the fine-tuning test set (into
             ``out/pretrain_excluding_test``, reused when finished), then
             fine-tune from it. Needs a pre-training run directory.
+        probe_epochs: Train only the head for this many epochs first, then
+            the layers ``strategy`` trains (LP-FT, see
+            :class:`~matxfer.transfer.callbacks.LinearProbe`; default ``0``: no probe).
+        l2sp: L2-SP strength: pull the backbone towards its pre-trained
+            weights with this factor instead of weight decay towards zero
+            (see :class:`~matxfer.transfer.callbacks.L2SP`; default ``0``: off).
         audit: Run the leakage audit (default: ``True``).
         data_dir, trial, size, target_key, format, skip_invalid: Data options
             of the fine-tuning data, as in ``train``.
-        resume: Continue an interrupted fine-tuning run in ``out``.
+        resume: Continue an interrupted fine-tuning run in ``out`` (with the
+            same strategy, head, head outputs and learning-rate multipliers).
+        overwrite: Replace what a non-empty ``out`` holds (an old run); a
+            finished ``pretrain_excluding_test`` in it is kept for reuse.
         progress: Progress bars (default: when stderr is a terminal).
         callbacks: Extra Lightning callbacks.
 
@@ -326,9 +402,11 @@ def finetune(
 
     Raises:
         MatxferError: Missing checkpoint, bad strategy/head/multipliers, bad
-            data, or an existing run without ``resume``.
+            data, a non-empty ``out`` without ``resume`` or ``overwrite``, or a
+            resume with other settings.
     """
     from matxfer.training.run import train
+    from matxfer.transfer.callbacks import recipe_callbacks  # imports Lightning, like train
 
     spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
     if head not in HEAD_MODES:  # checked again later; here before any data is read
@@ -340,15 +418,22 @@ def finetune(
     )
     config = config or TrainConfig(profile="paper")
     out = Path(out)
-    if not resume and any((out / name).is_file() for name in (BEST_CHECKPOINT, LAST_CHECKPOINT)):
-        raise MatxferError(
-            f"{out} already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )  # before the audit and any pre-training
+    settings = {
+        "strategy": str(spec),
+        "head": head,
+        "head_outputs": list(head_outputs or []),
+        "extra_layers": extra_layers if head == "deeper" else None,
+        "lr_multipliers": multipliers,
+        "probe_epochs": probe_epochs,
+        "l2sp": l2sp,
+    }
+    _start_record(out, settings, resume, overwrite)
     checkpoint = resolve_checkpoint(pretrained)
-    splits = prepare_splits(
-        data, config, test, data_dir, trial, size, target_key, format, skip_invalid
-    )
+    data_spec = as_data_spec(
+        data, test=test, data_dir=data_dir, trial=trial, size=size,
+        target_key=target_key, format=format, skip_invalid=skip_invalid,
+    )  # fmt: skip
+    splits = prepare_splits(data_spec, config)  # read once; train records splits.spec
     excluded = None
     if exclude_test_structures:
         excluded = pretrain_excluding(
@@ -358,30 +443,11 @@ def finetune(
     prepared = load_for_finetuning(
         checkpoint, len(splits.target_names), spec, head, extra_layers, config.seed, head_outputs
     )
+    recipe = recipe_callbacks(prepared.model, spec, probe_epochs, l2sp)
     ft_config = finetune_config(config, prepared)
     report, pt_data = None, None
     if audit:
-        report, pt_data = _audit(checkpoint, splits, pretrain_data, data_dir)
-    with warnings.catch_warnings():
-        # Frozen normalisation layers are in eval mode on purpose (running statistics kept).
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        result = train(
-            data,
-            out,
-            test,
-            ft_config,
-            data_dir=data_dir,
-            trial=trial,
-            size=size,
-            target_key=target_key,
-            format=format,
-            skip_invalid=skip_invalid,
-            resume=resume,
-            progress=progress,
-            callbacks=callbacks,
-            model=prepared.model,
-            param_groups=_optimizer_groups(multipliers),
-        )
+        report, pt_data = _audit(checkpoint, splits, pretrain_data, data_spec.data_dir)
     record = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pretrained": {
@@ -392,13 +458,9 @@ def finetune(
             "graph_config": prepared.graph_config.model_dump(mode="json"),
             "model_config": prepared.pretrained.info.get("model_config"),
         },
-        "strategy": str(spec),
+        **settings,
         "frozen_groups": sorted(spec.frozen),
         "head_scope": spec.head_scope,
-        "head": head,
-        "head_outputs": list(head_outputs or []),
-        "extra_layers": extra_layers if head == "deeper" else None,
-        "lr_multipliers": multipliers,
         "freeze": {
             "num_trainable": prepared.freeze.num_trainable,
             "num_frozen": prepared.freeze.num_frozen,
@@ -416,8 +478,19 @@ def finetune(
         },
         "leakage": _leakage_entry(report, pt_data, audit),
     }
-    write_json(out / TRANSFER_FILE, record)
-    card = out / "MODEL_CARD.md"
-    if card.is_file():
-        card.write_text(card.read_text() + _model_card_section(record))
+    with warnings.catch_warnings():
+        # Frozen normalisation layers are in eval mode on purpose (running statistics kept).
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        result = train(
+            splits,
+            out,
+            config=ft_config,
+            resume=resume,
+            progress=progress,
+            callbacks=[*recipe, *callbacks],
+            model=prepared.model,
+            param_groups=_optimizer_groups(multipliers, l2sp),
+            keep=FINETUNE_SETUP,
+            finish=lambda _: _complete_record(out, record),  # before done.json
+        )
     return result

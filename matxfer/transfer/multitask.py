@@ -17,7 +17,7 @@ property it has (or has not, leave-one-out) seen. Here:
   by the one-hot task vector :math:`e_t` (:math:`\hat y_t = (W h + b) \cdot e_t`).
   With the default head (no hidden layers) nothing but :math:`h` is shared;
   hidden head layers (``head_hidden_layers > 0``) would be shared by all tasks.
-* **Masked loss.** :func:`~matxfer.transfer.losses.masked_l1`, the study's
+* **Masked loss.** :func:`~matxfer.training.losses.masked_l1`, the study's
 
   .. math::
       L = \frac{1}{N} \sum_{i=1}^{N} \sum_{t=1}^{P}
@@ -55,19 +55,26 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 from rich.table import Table
+from rich.text import Text
 
 from matxfer.data.records import Record
 from matxfer.data.registry import is_named
 from matxfer.data.sampling import sample
 from matxfer.data.splits import train_val_split
 from matxfer.errors import ConfigError, DataError, MatxferError
-from matxfer.training.config import TrainConfig, load_config, resolve_config
+from matxfer.locking import DirectoryLock
+from matxfer.training.config import TrainConfig, resolve_config
 from matxfer.training.inputs import Splits, prepare_splits
 from matxfer.training.outputs import data_hash, write_json
-from matxfer.training.run import CONFIG_FILE, RUN_INFO_FILE, TrainResult, _check_run_dir, train
+from matxfer.training.run import TrainResult, train
+from matxfer.training.rundir import (
+    MERGE_REPORT_FILE,
+    check_run_dir,
+    read_config,
+    read_run_info,
+)
 from matxfer.transfer.leakage import exclude_structures
 from matxfer.transfer.merge import MatchSettings, MergeReport, merge_datasets
-from matxfer.transfer.pretrained import MERGE_REPORT_FILE
 
 #: The study's MPT loss (see the module docstring).
 MPT_LOSS = "masked_l1"
@@ -318,10 +325,10 @@ def recorded_pretraining(run_dir: str | Path) -> tuple[PretrainData, bool | None
     run_dir = Path(run_dir)
     try:
         spec = json.loads((run_dir / MERGE_REPORT_FILE).read_text())["spec"]
-        info = json.loads((run_dir / RUN_INFO_FILE).read_text())
     except (OSError, ValueError, KeyError) as error:
         raise MatxferError(f"{run_dir}: not a multi-property pre-training run ({error})") from None
-    config = load_config(run_dir / CONFIG_FILE)
+    info = read_run_info(run_dir)
+    config = read_config(run_dir)
     data = prepare_pretraining(
         spec["datasets"],
         config,
@@ -352,6 +359,7 @@ def pretrain_multi(
     progress: bool | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_merged: Callable[[PretrainData], None] | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
@@ -374,6 +382,7 @@ def pretrain_multi(
             property's test set.
         progress: Progress bars (default: when stderr is a terminal).
         resume: Continue the interrupted run in ``out``.
+        overwrite: Replace what a non-empty ``out`` holds (an old run).
         on_merged: Called with the prepared data before training starts.
         callbacks: Extra Lightning callbacks.
 
@@ -388,15 +397,24 @@ def pretrain_multi(
     if changes:
         config = TrainConfig.model_validate({**config.model_dump(), **changes})
     out = Path(out)
-    _check_run_dir(out, config, resume)  # before the merge, which can take minutes
-    data = prepare_pretraining(datasets, config, exclude, data_dir, size, exclude_test_structures)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MERGE_REPORT_FILE, data.to_dict())
-    if on_merged is not None:
-        on_merged(data)
-    return train(
-        data.splits, out, config=config, progress=progress, resume=resume, callbacks=callbacks
-    )
+    keep = (MERGE_REPORT_FILE,)
+    with DirectoryLock(out, purpose="multi-property pre-training"):
+        check_run_dir(out, config, resume, overwrite, keep)  # before the minutes of merging
+        data = prepare_pretraining(
+            datasets, config, exclude, data_dir, size, exclude_test_structures
+        )
+        write_json(out / MERGE_REPORT_FILE, data.to_dict())
+        if on_merged is not None:
+            on_merged(data)
+        return train(
+            data.splits,
+            out,
+            config=config,
+            progress=progress,
+            resume=resume,
+            callbacks=callbacks,
+            keep=keep,
+        )
 
 
 def merge_tables(data: PretrainData) -> list[Table | str]:
@@ -408,22 +426,24 @@ def merge_tables(data: PretrainData) -> list[Table | str]:
     )
     for name, prop in data.properties.items():
         per_property.add_row(
-            name,
+            Text(name),  # user-chosen names: never parsed as markup
             str(len(prop.pool)),
             str(prop.available),
             str(len(prop.test)),
             str(prop.removed_test_structures),
         )
     report = data.merge
-    shared = Table("", *names, title="shared crystals")
+    shared = Table("", title="shared crystals")
+    for name in names:
+        shared.add_column(Text(name))  # a user-chosen name: never parsed as markup
     for a in names:
-        cells = []
+        cells: list[Text | str] = []
         for b in names:
             if a == b:
-                cells.append(f"[dim]{report.counts[a]}[/]")
+                cells.append(Text(str(report.counts[a]), style="dim"))
             else:
                 cells.append(str(report.overlaps.get((a, b), report.overlaps.get((b, a), 0))))
-        shared.add_row(a, *cells)
+        shared.add_row(Text(a), *cells)
     summary = (
         f"{report.input_total} records merged into {report.merged_total} "
         f"({report.seconds:.1f} s): {data.splits.counts['train']} train, "

@@ -19,30 +19,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from matxfer.data.readers import read_dataset
 from matxfer.data.records import Record
-from matxfer.data.registry import is_named, open_study_directory, resolve_named, sha256_of
+from matxfer.data.registry import resolve_data, sha256_of
 from matxfer.data.sampling import sample
 from matxfer.data.splits import train_val_split
 from matxfer.errors import MatxferError
-from matxfer.training.checkpoint import BEST_CHECKPOINT
-from matxfer.training.config import TrainConfig, load_config
-from matxfer.training.inputs import Splits, prepare_splits
+from matxfer.locking import locks_directory
+from matxfer.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
+from matxfer.training.config import TrainConfig
+from matxfer.training.inputs import DataSpec, Splits, prepare_splits
 from matxfer.training.outputs import data_hash, write_json
+from matxfer.training.rundir import (
+    CONFIG_FILE,
+    MERGE_REPORT_FILE,
+    check_start,
+    is_finished,
+    read_config,
+    read_run_info,
+)
 from matxfer.transfer.leakage import exclude_structures
 from matxfer.transfer.merge import MatchSettings
 
-RUN_INFO_FILE = "run_info.json"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
 #: Written into a :func:`pretrain_excluding` run: which crystals were left out.
 EXCLUSION_FILE = "excluded_structures.json"
-#: Written by multi-property pre-training beside the training outputs.
-MERGE_REPORT_FILE = "merge_report.json"
 
 
 def checkpoint_sha256(path: str | Path) -> str:
@@ -91,55 +95,36 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def run_data_spec(run_dir: Path) -> dict[str, Any] | None:
     """The data options stored by ``train`` in ``run_info.json`` (``None`` if absent)."""
-    info_path = run_dir / RUN_INFO_FILE
-    return _read_json(info_path).get("data_spec") if info_path.is_file() else None
+    return read_run_info(run_dir, required=False).get("data_spec")
 
 
-def run_config(run_dir: Path) -> TrainConfig:
-    """The resolved config of a training run."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise MatxferError(f"{run_dir}: no {CONFIG_FILE}; is it a matxfer training run?")
-    return load_config(path)
-
-
-def resolve_spec(spec: dict[str, Any], config: TrainConfig, whole_pool: bool = False) -> Splits:
+def resolve_spec(
+    spec: dict[str, Any] | DataSpec, config: TrainConfig, whole_pool: bool = False
+) -> Splits:
     """Splits of a stored data spec under ``config``.
 
     Args:
-        spec: The data options (``run_info.json``'s ``data_spec``).
+        spec: The data options (``run_info.json``'s ``data_spec``, see
+            :meth:`~matxfer.training.inputs.DataSpec.to_dict`).
         config: Supplies seed, sampling and split fractions.
         whole_pool: Ignore the spec's sample ``size`` (a trial subset is kept).
     """
-    size = spec.get("size")
-    if whole_pool and spec.get("trial") is None:
-        size = None
-    return prepare_splits(
-        spec["data"],
-        config,
-        spec.get("test"),
-        spec.get("data_dir"),
-        spec.get("trial"),
-        size,
-        spec.get("target_key"),
-        spec.get("format"),
-        bool(spec.get("skip_invalid", False)),
-    )
+    data = spec if isinstance(spec, DataSpec) else DataSpec.from_dict(spec)
+    if whole_pool and data.trial is None:
+        data = replace(data, size=None)
+    return prepare_splits(data, config)
 
 
 def _all_records(data: str | Path, data_dir: str | Path | None) -> list[Record]:
     """A named dataset's (or study folder's) pool, else every record of a dataset file."""
-    path = Path(data).expanduser()
-    if path.is_dir() and (path / "pool.json.gz").is_file():
-        return list(open_study_directory(path).pool.records)
-    if not path.exists() and is_named(str(data)):
-        return list(resolve_named(str(data), data_dir=data_dir).pool.records)
-    return list(read_dataset(data).records)
+    named = resolve_data(data, data_dir)
+    return list((named.pool if named is not None else read_dataset(data)).records)
 
 
 def _multi_property_records(run_dir: Path) -> PretrainingData:
     """The merged records of a :func:`~matxfer.transfer.multitask.pretrain_multi` run."""
-    # Imported here: multitask builds on this module's run helpers.
+    # Imported here: multitask imports Lightning (via training.run), which the audit of a
+    # single-property run does not need.
     from matxfer.transfer.multitask import recorded_pretraining
 
     try:
@@ -169,7 +154,7 @@ def _records_by_id(pool: Sequence[Record], ids: Sequence[str]) -> list[Record]:
 def _recorded_splits(run_dir: Path) -> tuple[list[Record], list[Record], str, dict[str, Any]]:
     """(train, val, description, spec) of a run, from its data spec or exclusion record."""
     spec = run_data_spec(run_dir)
-    config = run_config(run_dir)
+    config = read_config(run_dir)
     if spec is not None:
         splits = resolve_spec(spec, config)
         return splits.train, splits.val, splits.source, spec
@@ -223,7 +208,7 @@ def pretraining_records(
             f"cannot re-read the pre-training data of {run_dir} ({error}); "
             "pass it with --pretrain-data, or skip the audit with --no-audit"
         ) from None
-    saved = _read_json(run_dir / RUN_INFO_FILE).get("split_hashes", {})
+    saved = read_run_info(run_dir).get("split_hashes", {})
     verified = None
     if saved:
         verified = saved.get("train") == data_hash(train) and saved.get("val") == data_hash(val)
@@ -274,6 +259,7 @@ def excluded_splits(
     ), removed
 
 
+@locks_directory("out", purpose="pre-training without the test crystals")
 def pretrain_excluding(
     pretrained: str | Path,
     exclude: Sequence[Record],
@@ -310,19 +296,19 @@ def pretrain_excluding(
             "run directory made by `matxfer train` (it records its data and config); for "
             "multi-property pre-training use `matxfer pretrain-multi --exclude-test-structures`"
         )
-    config = run_config(run_dir)
+    config = read_config(run_dir)
     splits, removed = excluded_splits(spec, config, exclude, settings)
     out = Path(out)
     expected = data_hash(splits.train + splits.val + splits.test)
-    if (out / METRICS_FILE).is_file() and (out / BEST_CHECKPOINT).is_file():
-        cached = _read_json(out / RUN_INFO_FILE).get("data_hash")
+    if is_finished(out):
+        cached = read_run_info(out).get("data_hash")
         if cached != expected:
             raise MatxferError(
                 f"{out} holds a pre-training on other records; remove it or choose another --out"
             )
         return ExcludedPretraining(out, out / BEST_CHECKPOINT, removed, reused=True)
-    resume = (out / "last.ckpt").is_file()
-    out.mkdir(parents=True, exist_ok=True)
+    resume = (out / LAST_CHECKPOINT).is_file()
+    check_start(out, resume, overwrite=not resume)  # a run killed before its first epoch
     # Written first, so that even an interrupted run can be audited (pretraining_records).
     write_json(
         out / EXCLUSION_FILE,
@@ -336,5 +322,5 @@ def pretrain_excluding(
             "val_ids": [r.id for r in splits.val],
         },
     )
-    train(splits, out, config=config, progress=progress, resume=resume)
+    train(splits, out, config=config, progress=progress, resume=resume, keep=(EXCLUSION_FILE,))
     return ExcludedPretraining(out, out / BEST_CHECKPOINT, removed)

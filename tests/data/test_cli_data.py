@@ -79,3 +79,48 @@ def test_console_script_never_shows_a_traceback(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_brackets_in_paths_and_ids_print_verbatim(tmp_path: Path) -> None:
+    # "[/b]" is a closing rich markup tag: printed with markup on it raised MarkupError.
+    folder = tmp_path / "a["
+    folder.mkdir()
+    path = folder / "b].json"
+    path.write_text(json.dumps([alignn_entry(NACL, "[/x]", 1.0), alignn_entry(NACL, 2, 2.0)]))
+    result = CliRunner().invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "a[/b].json" in result.output
+    missing = tmp_path / "c[/d][red].json"
+    result = CliRunner().invoke(app, ["data", "check", str(missing)])
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"{missing}: no such file" in " ".join(result.output.split())
+    path.write_text(json.dumps([alignn_entry(NACL, "[/x]", math.nan)]))
+    result = CliRunner().invoke(app, ["data", "check", str(path), "--skip-invalid"])
+    assert result.exit_code == 2
+    assert "record 0 (id [/x]): target 'target' is NaN" in result.output
+
+
+def test_summary_table_shows_user_text_verbatim() -> None:
+    from rich.console import Console
+
+    from matxfer.data.summary import DatasetSummary, TargetStats, summary_table
+
+    summary = DatasetSummary(1, ("Na",), 1, 1.0, 1, {"[bold]gap[/]": TargetStats(1, 0, 0, 0)})
+    console = Console(width=200, record=True)  # markup on, as in a caller's console
+    console.print(summary_table(summary, "runs/[/b].json"))
+    text = console.export_text()
+    assert "runs/[/b].json" in text
+    assert "target '[bold]gap[/]'" in text
+
+
+def test_extxyz_with_target_fields_checks_without_target_key(tmp_path: Path) -> None:
+    frame = (
+        '2\nLattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3 target={t} id={i} '
+        'pbc="T T T"\nNa 0 0 0\nCl 2 2 2\n'
+    )
+    path = tmp_path / "frames.extxyz"
+    path.write_text(frame.format(t=1.5, i="a") + frame.format(t=2.5, i="b"))
+    result = CliRunner().invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "min 1.5, mean 2, max 2.5" in result.output

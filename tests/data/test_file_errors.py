@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -88,3 +89,120 @@ def test_unexpected_reader_failure_names_the_file(tmp_path: Path, monkeypatch) -
     path.write_text(TEXT)
     with pytest.raises(DataError, match=r"ok.json: could not be read \(RuntimeError: boom\)"):
         read_dataset(path)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "zip"])
+def test_decompressed_size_is_bounded(tmp_path: Path, monkeypatch, kind: str) -> None:
+    import bz2
+    import lzma
+
+    text = json.dumps([RECORD | {"jid": i} for i in range(50)]).encode()
+    path = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("inner.json", text)
+    else:
+        path.write_bytes({"gzip": gzip, "bz2": bz2, "xz": lzma}[kind].compress(text))
+    assert len(read_dataset(path, format="alignn")) == 50
+    monkeypatch.setenv("MATXFER_MAX_DECOMPRESSED_BYTES", "1000")
+    with pytest.raises(DataError) as caught:
+        read_dataset(path, format="alignn")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: decompresses to more than 1,000 bytes")
+    assert "MATXFER_MAX_DECOMPRESSED_BYTES" in message
+    monkeypatch.setenv("MATXFER_MAX_DECOMPRESSED_BYTES", str(len(text)))
+    assert len(read_dataset(path, format="alignn")) == 50
+
+
+def test_decompressed_size_limit_argument_and_bad_setting(tmp_path: Path, monkeypatch) -> None:
+    from matxfer.data.formats._io import decompress
+    from matxfer.errors import ConfigError
+
+    raw = gzip.compress(b"x" * 5000)
+    assert decompress(raw, tmp_path / "a.gz", limit=5000) == b"x" * 5000
+    with pytest.raises(DataError, match="more than 4,999 bytes"):
+        decompress(raw, tmp_path / "a.gz", limit=4999)
+    monkeypatch.setenv("MATXFER_MAX_DECOMPRESSED_BYTES", "2GB")
+    with pytest.raises(ConfigError, match="MATXFER_MAX_DECOMPRESSED_BYTES='2GB' must be"):
+        decompress(raw, tmp_path / "a.gz")
+
+
+def _four_records() -> str:
+    return json.dumps([RECORD | {"jid": jid} for jid in ("a", "b", "JVASP-7", 9)], indent=1)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda t: t.replace('"JVASP-7",', '"JVASP-7"', 1), "in record 2 (id JVASP-7)"),
+        (lambda t: t.replace('"target": 1.0', '"target": 1.0]', 4)[:-1], "in record 0 (id a)"),
+        (lambda t: t[: t.index('"jid": 9') + 30], "in record 3 (id 9)"),
+    ],
+    ids=["missing comma", "stray bracket", "truncated"],
+)
+def test_json_syntax_error_names_the_record(tmp_path: Path, damage, message: str) -> None:
+    path = tmp_path / "broken.json.gz"
+    path.write_bytes(gzip.compress(damage(_four_records()).encode()))
+    with pytest.raises(DataError, match=r"invalid JSON at line \d+, column \d+") as caught:
+        read_dataset(path)
+    assert message in str(caught.value)
+
+
+def test_non_utf8_byte_names_the_record(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes(_four_records().replace('"b"', '"b\xe9"').encode("latin-1"))
+    text = _four_records()
+    line = text[: text.index('"b"')].count("\n") + 1
+    with pytest.raises(DataError, match=rf"\(byte 0xe9 at offset \d+, line {line}, in record 1 \("):
+        read_dataset(path)
+
+
+def test_non_utf8_byte_after_a_byte_order_mark_is_reported_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "bom.xyz"
+    path.write_bytes(b"\xef\xbb\xbf1\ncomment\nNa 0 0 0\xff\n")
+    with pytest.raises(DataError, match=r"byte 0xff at offset 21, line 3\)"):
+        read_dataset(path)
+
+
+def test_matbench_syntax_error_names_the_row(tmp_path: Path) -> None:
+    rows = [[NACL.as_dict(), 1.25], [NACL.as_dict(), 2.75], [NACL.as_dict(), 3.25]]
+    text = json.dumps({"index": [0, 1, 2], "columns": ["structure", "e"], "data": rows})
+    path = tmp_path / "table.json"
+    assert text.count("2.75]") == 1
+    path.write_text(text.replace("2.75]", "2.75 x]"))
+    with pytest.raises(DataError, match=r"invalid JSON .*, in record 1$"):
+        read_dataset(path)
+
+
+def test_error_outside_the_records_names_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "trailing.json"
+    path.write_text(_four_records() + "\n]")
+    with pytest.raises(DataError, match="Extra data") as caught:
+        read_dataset(path)
+    assert "in record" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (10, 99, "zip archive cannot be opened here (That compression method is not supported)"),
+        (8, 1, "zip archive is encrypted"),
+    ],
+    ids=["unknown method", "encrypted"],
+)
+def test_zip_archives_python_cannot_open(
+    tmp_path: Path, field: int, value: int, message: str
+) -> None:
+    import struct
+
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("inner.json", TEXT)
+    raw = bytearray(path.read_bytes())
+    directory = raw.find(b"PK\x01\x02")  # the central directory entry's header fields
+    raw[directory + field : directory + field + 2] = struct.pack("<H", value)
+    raw[field - 2 : field] = struct.pack("<H", value)  # the local header's copy
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=re.escape(message)) as caught:
+        read_dataset(path, format="alignn")
+    assert caught.value.__cause__ is None

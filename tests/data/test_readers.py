@@ -201,11 +201,72 @@ def test_extxyz_reader(tmp_path: Path) -> None:
     assert dataset.records[0].structure.get_distance(0, 1) == pytest.approx(2 * np.sqrt(3))
 
 
+def _frame(n_declared: int, info: str, lattice: bool = True, atoms: int | None = None) -> str:
+    """An extended XYZ frame of rock salt with ``info`` on its comment line."""
+    lines = ["Na 0.0 0.0 0.0", "Cl 2.0 2.0 2.0"][: 2 if atoms is None else atoms]
+    cell = 'Lattice="4 0 0 0 4 0 0 0 4" pbc="T T T" ' if lattice else ""
+    header = f"{cell}Properties=species:S:1:pos:R:3 {info}"
+    return "\n".join([str(n_declared), header, *lines]) + "\n"
+
+
+def test_extxyz_target_defaults_like_json(tmp_path: Path) -> None:
+    path = tmp_path / "frames.extxyz"
+    path.write_text(_frame(2, "target=1.5 id=a") + _frame(2, "target=-2 gap=3.0 id=b"))
+    dataset = read_dataset(path)
+    assert dataset.ids == ["a", "b"]
+    assert [r.target for r in dataset] == [1.5, -2.0]
+    # Without "target" everywhere: the single numeric per-frame field (here ASE's energy).
+    path.write_text(_frame(2, "energy=-3.5 id=a") + _frame(2, "energy=-4.5 jid=7"))
+    assert [r.target for r in read_dataset(path)] == [-3.5, -4.5]
+    path.write_text(_frame(2, "gap=1.0 bulk=2.0") + _frame(2, "gap=1.5 bulk=2.5"))
+    with pytest.raises(DataError, match=r"numeric info fields: bulk \(2 of 2 frames\), gap"):
+        read_dataset(path)
+    assert [r.target for r in read_dataset(path, target_key="bulk")] == [2.0, 2.5]
+
+
+def test_extxyz_malformed_frames_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "frames.extxyz.gz"
+    frames = [
+        _frame(2, "target=1.0 id=good"),
+        _frame(3, "target=1.0 id=short"),  # declares 3 atoms, 2 lines follow
+        _frame(2, "target=1.0 id=molecule", lattice=False),
+        _frame(2, "target=abc id=text"),
+        _frame(2, "target=2.0"),
+        _frame(1, "target=1.0 id=long"),  # declares 1 atom, 2 lines follow
+        _frame(2, "target=3.0 id=last"),
+    ]
+    path.write_bytes(gzip.compress("".join(frames).encode()))
+    with pytest.raises(DataError) as caught:
+        read_dataset(path)
+    problems = caught.value.problems
+    assert [(p.index, p.record_id) for p in problems] == [
+        (1, "short"),
+        (2, "molecule"),
+        (3, "text"),
+        (5, "long"),
+    ]
+    assert "line 5: the frame declares 3 atoms but 2 atom lines follow" in problems[0].reason
+    assert "not a periodic crystal" in problems[1].reason
+    assert "target 'target' is a string ('abc')" in problems[2].reason
+    assert "more atom lines follow than the frame's count line (line 21)" in problems[3].reason
+    dataset = read_dataset(path, skip_invalid=True)
+    assert dataset.ids == ["good", "frames-4", "last"]
+    path.write_bytes(gzip.compress(_frame(2, "target=1.0 id=cut").encode()[:-20]))
+    with pytest.raises(DataError, match="no frame parses") as caught:
+        read_dataset(path)
+    (problem,) = caught.value.problems
+    assert (problem.index, problem.record_id) == (0, "cut")
+    assert "declares 2 atoms but 1 atom lines follow (the file ends: truncated?)" in problem.reason
+
+
 def test_extxyz_unreadable(tmp_path: Path) -> None:
     path = tmp_path / "broken.xyz"
     path.write_text("3\ncomment\nNa 0 0\n")
     with pytest.raises(DataError, match="cannot be read as extended XYZ"):
         read_dataset(path, target_key="gap")
+    path.write_text("\u00b2\ncomment\nNa 0 0 0\n", encoding="utf-8")  # isdigit(), not int()
+    with pytest.raises(DataError, match="line 1 should be an atom count, found '\u00b2'"):
+        read_dataset(path)
 
 
 def test_explicit_format(tmp_path: Path, rocksalt: Structure) -> None:

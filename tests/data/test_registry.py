@@ -21,6 +21,7 @@ from matxfer.data import (
     dataset_spec,
     default_data_dir,
     fetch,
+    resolve_data,
     resolve_named,
 )
 from matxfer.data.registry import extract_member, verify
@@ -190,3 +191,24 @@ def test_download_jarvis_zip_trust_on_first_use(tmp_path: Path, monkeypatch) -> 
     (downloads / "d2-12-12-2022.json.zip").write_bytes(b"changed")
     with pytest.raises(DataError, match="does not match"):
         resolve_named("jarvis2d", data_dir=tmp_path)
+
+
+def test_resolve_data_tells_study_folders_named_datasets_and_files_apart(
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = resolve_data(study_dir / "ph", target_key="t")  # an existing study-layout folder
+    assert folder is not None and folder.pool_path == study_dir / "ph" / "pool.json.gz"
+    assert folder.target_key == "t"  # a folder's files take the caller's reader options
+    named = resolve_data("phonons", data_dir=study_dir)  # no such path: a dataset alias
+    assert named is not None and named.name == "ph" and named.trials_path is not None
+    dataset_file = tmp_path / "data.json"
+    dataset_file.write_text(json.dumps(entries([1])))
+    assert resolve_data(dataset_file) is None  # a file: for read_dataset
+    assert resolve_data(study_dir) is None  # a folder without pool.json.gz
+    monkeypatch.chdir(study_dir)
+    assert resolve_data("ph") is not None  # ./ph is a study folder, found as a path
+    (tmp_path / "fe").write_text("[]")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data("fe", data_dir=study_dir) is None  # an existing file wins over the name
+    with pytest.raises(DataError, match="not found"):
+        resolve_data("dc", data_dir=tmp_path / "empty", download=False)

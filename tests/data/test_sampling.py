@@ -130,3 +130,11 @@ def test_missing_labels_are_refused_by_target_aware_strategies() -> None:
     with pytest.raises(DataError, match="1 record") as info:
         sample(pool, 5, strategy="normal", target="target")
     assert info.value.problems[0].record_id == "r3"
+
+
+def test_the_config_choices_are_the_strategies() -> None:
+    from typing import get_args
+
+    from matxfer.data.sampling import SamplingName
+
+    assert sorted(get_args(SamplingName)) == sorted(STRATEGIES)

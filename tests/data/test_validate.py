@@ -16,11 +16,13 @@ from matxfer.data import ValidationConfig, read_dataset, validate_records
 from matxfer.data.records import Record
 from matxfer.data.validate import (
     InvalidRecordError,
+    _reduced,
     as_element,
     check_min_distance,
     check_neighbors,
 )
 from matxfer.errors import DataError
+from matxfer.graphs.config import GraphConfig
 
 NACL = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
@@ -222,18 +224,61 @@ def test_thresholds_are_configurable() -> None:
     check_neighbors(box, cart, ValidationConfig(neighbor_cutoff=30.0, min_neighbors=1))
     with pytest.raises(InvalidRecordError, match=r"only 1 neighbours within 10\.0"):
         check_neighbors(box, cart, ValidationConfig(neighbor_cutoff=10.0, min_neighbors=2))
-    assert ValidationConfig.for_graphs(20.0, 6) == ValidationConfig(
-        neighbor_cutoff=20.0, min_neighbors=6
-    )
+    assert ValidationConfig.for_graphs(
+        GraphConfig(max_cutoff=20.0, max_neighbors=6)
+    ) == ValidationConfig(neighbor_cutoff=20.0, min_neighbors=6)
+    # The defaults are the graph defaults, not numbers of their own.
+    assert ValidationConfig() == ValidationConfig.for_graphs(GraphConfig())
 
 
 def test_skewed_cell_does_not_explode() -> None:
     # A valid but very skewed basis of a 4 Å cubic lattice: the check must reduce it.
     lattice = np.array([[4.0, 0, 0], [400.0, 4, 0], [0, 400.0, 4]])
-    check_min_distance(lattice, np.zeros((1, 3)), ValidationConfig())
-    check_neighbors(lattice, np.zeros((1, 3)), ValidationConfig())
+    reduced = _reduced(lattice)
+    assert np.linalg.norm(reduced, axis=1) == pytest.approx([4.0, 4.0, 4.0])
+    assert abs(np.linalg.det(reduced)) == pytest.approx(64.0)
+    one_atom = np.zeros((1, 3))
+    assert check_min_distance(lattice, one_atom, ValidationConfig()) is None
+    assert check_neighbors(lattice, one_atom, ValidationConfig()) is None
+    # The reduced cell is searched correctly: a second atom 0.3 Å away is found.
+    close = np.array([[0.0, 0, 0], [0.3, 0, 0]])
+    with pytest.raises(InvalidRecordError, match=r"atoms 0 and 1 are 0\.3 Å apart"):
+        check_min_distance(lattice, close, ValidationConfig())
 
 
 @pytest.mark.parametrize("symbol", ["Fe", "H", "Fm"])
 def test_supported_elements(symbol: str) -> None:
     assert as_element(symbol) == symbol
+
+
+def test_neighbor_bound_needs_no_pairwise_array() -> None:
+    import tracemalloc
+
+    from matxfer.data.validate import _neighbor_counts, _neighbor_lower_bound
+
+    rng = np.random.default_rng(0)
+    lattice = np.eye(3) * 60.0  # every edge over 30 Å: the bound needs a diameter
+    cart = rng.uniform(0, 60.0, size=(3000, 3))
+    tracemalloc.start()
+    try:
+        _neighbor_lower_bound(lattice, cart, 30.0, 12)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5e6  # an N x N x 3 float array would take 216 MB
+    # Still a lower bound: compact clusters in a big box, checked against a real search.
+    for scale in (3.0, 8.0):
+        small = rng.uniform(0, scale, size=(40, 3))
+        bound = _neighbor_lower_bound(np.eye(3) * 35.0, small, 30.0, 10**6)
+        assert 0 < bound <= _neighbor_counts(np.eye(3) * 35.0, small, 30.0).min()
+
+
+def test_atom_count_limit_is_named_and_configurable() -> None:
+    big = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    big.make_supercell([3, 3, 3])  # 54 atoms
+    records = [Record("big", big, {"target": 1.0}, "mem.json", 0)]
+    (problem,) = validate_records(records, ValidationConfig(max_atoms=50))
+    assert problem.record_id == "big"
+    assert "54 atoms, over the limit of 50 (max_atoms" in problem.reason
+    assert validate_records(records, ValidationConfig(max_atoms=54)) == []
+    assert ValidationConfig().max_atoms == 5000

@@ -76,9 +76,7 @@ def test_cache_key_covers_content_and_every_parameter(small_structures: list[Str
             GraphCache("unused", GraphConfig(**{name: value})).key(*crystal)
             for name, value in [
                 ("max_neighbors", 8),
-                ("cutoff", 7.0),
                 ("max_cutoff", 25.0),
-                ("cutoff_step", 0.5),
                 ("line_graph", False),
             ]
         ),
@@ -135,3 +133,35 @@ def test_cache_stores_compact_arrays(small_structures: list[Structure], tmp_path
     header = 4 + 8 + 8 + 4
     # uint8 numbers, int32 edge indices, float32 vectors; no line graph on disk.
     assert cache_files(tmp_path)[0].stat().st_size == header + n_atoms + 8 * n_edges + 12 * n_edges
+
+
+def test_atom_count_limit(small_structures: list[Structure]) -> None:
+    from matxfer.errors import DataError, MatxferError
+
+    sizes = [len(s) for s in small_structures]
+    limit = max(sizes) - 1
+    with pytest.raises(DataError) as caught:
+        build_graphs(
+            small_structures, progress=False, ids=[f"s{i}" for i in sizes], max_atoms=limit
+        )
+    too_big = [i for i, n in enumerate(sizes) if n > limit]
+    assert [p.index for p in caught.value.problems] == too_big
+    assert f"over the limit of {limit}" in caught.value.problems[0].reason
+    assert caught.value.problems[0].record_id == f"s{sizes[too_big[0]]}"
+    largest = small_structures[too_big[0]]
+    with pytest.raises(MatxferError, match=f"over the limit of {limit}"):
+        build_graph(largest, max_atoms=limit)
+    assert build_graph(largest).num_nodes == len(largest)
+
+
+def test_dropped_graph_fields_still_load_and_keep_cache_keys() -> None:
+    # cutoff and cutoff_step never changed a graph: old configs and checkpoints naming
+    # them still load, and the cache token is the one format 1 wrote with them, so
+    # graphs cached before they were dropped are still found.
+    old = {"cutoff": 8.0, "max_neighbors": 12, "cutoff_step": 1.0, "line_graph": True}
+    assert GraphConfig.model_validate(old) == GraphConfig()
+    assert GraphConfig().cache_token() == (
+        'v1:{"neighbor_strategy":"k-nearest","cutoff":8.0,"max_neighbors":12,'
+        '"max_cutoff":30.0,"cutoff_step":1.0,"line_graph":true}'
+    )
+    assert "cutoff" not in GraphConfig().model_dump()

@@ -113,6 +113,11 @@ def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path, tmp_pa
         (lambda d, c, t: ["train", d, "--out", t / "r", "--config", c, "--lr", "-1"], "lr=-1"),
         (lambda d, c, t: ["train", d, "--out", t / "r", "--profile", "turbo"], "'turbo'"),
         (lambda d, c, t: ["train", d, "--out", t / "r", "--resume"], "nothing to resume"),
+        (lambda d, c, t: ["train", d, "--out", c.parent, "--config", c], "--overwrite"),
+        (
+            lambda d, c, t: ["train", d, "--out", t / "r", "--resume", "--overwrite"],
+            "exclude each other",
+        ),
         (lambda d, c, t: ["evaluate", t / "no_run", d], "no such run directory"),
         (lambda d, c, t: ["predict", t, d, "--out", t / "p.csv"], "holds no best.ckpt"),
     ],

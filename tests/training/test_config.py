@@ -8,12 +8,13 @@ import pytest
 
 from matxfer.errors import ConfigError
 from matxfer.training.config import (
+    ModelSettings,
     TrainConfig,
-    config_for_run,
     load_config,
     resolve_config,
     save_config,
 )
+from matxfer.training.rundir import config_for_run
 
 
 def test_paper_profile_is_the_study_configuration() -> None:
@@ -74,7 +75,7 @@ def test_precedence_profile_then_file_then_flags(tmp_path: Path) -> None:
 
 
 def test_saved_config_round_trips(tmp_path: Path) -> None:
-    config = resolve_config("fast", {"seed": 3, "graph": {"cutoff": 6.0}})
+    config = resolve_config("fast", {"seed": 3, "model": {"cutoff": 6.0}})
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
     assert isinstance(config, TrainConfig)
@@ -86,3 +87,26 @@ def test_resume_reuses_saved_config_and_applies_flags(tmp_path: Path) -> None:
     assert resumed.epochs == 9 and resumed.profile == "fast"
     fresh = config_for_run(run_dir=tmp_path, resume=False)
     assert fresh.profile == "paper"
+
+
+def test_rbf_cutoff_is_a_model_setting_written_only_when_changed() -> None:
+    from matxfer.training.run import build_model
+
+    default = resolve_config("fast")
+    # Absent at its default: configs and study job ids from before the field stay equal.
+    assert "cutoff" not in default.model_dump(mode="json")["model"]
+    assert build_model(default, 1).cutoff == ModelSettings().cutoff == 8.0
+    changed = resolve_config("fast", {"model": {"cutoff": 6.0}})
+    assert changed.model_dump(mode="json")["model"]["cutoff"] == 6.0
+    model = build_model(changed, 1)
+    assert model.cutoff == 6.0 and model.config_dict()["cutoff"] == 6.0
+
+
+def test_configs_with_the_old_graph_fields_still_load(tmp_path: Path) -> None:
+    # cutoff and cutoff_step never changed a graph; configs written with them still load.
+    path = tmp_path / "config.yaml"
+    save_config(resolve_config("fast", {"epochs": 9}), path)
+    text = path.read_text().replace("graph:\n", "graph:\n  cutoff: 8.0\n  cutoff_step: 1.0\n")
+    path.write_text(text)
+    assert "cutoff_step" in path.read_text()
+    assert load_config(path) == resolve_config("fast", {"epochs": 9})

@@ -39,3 +39,17 @@ def test_per_target_columns() -> None:
     m = metrics_by_target(y, p, ["a", "b"])
     assert m["a"]["mae"] == 0.0 and m["a"]["r2"] == 1.0
     assert m["b"]["n"] == 2 and m["b"]["mae"] == pytest.approx(0.5)
+
+
+def test_metrics_table_shows_target_names_verbatim() -> None:
+    from rich.console import Console
+
+    from matxfer.training.outputs import metrics_table
+
+    stats = {"n": 3, "r2": 0.5, "mae": 0.1, "rmse": 0.2}
+    metrics = {"test": {"[/gap]": {"original": stats}, "[red]bg": {"original": stats}}}
+    console = Console(width=200, record=True)
+    console.print(metrics_table(metrics, ("test",)))
+    text = console.export_text()
+    assert "[/gap]" in text
+    assert "[red]bg" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from matxfer.errors import ConfigError, MatxferError
+from matxfer.training import is_finished
 from matxfer.transfer.demo import QUICK, DemoResult, parse_sizes, run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +67,20 @@ def test_rerun_skips_finished_steps_and_refuses_other_settings(
     assert again.rows == quick_demo.rows
     with pytest.raises(MatxferError, match="other settings"):
         run_demo(quick_demo.out, (100,), settings=replace(QUICK, seed=1), echo=lines.append)
+
+
+def test_a_step_killed_while_writing_its_outputs_is_not_skipped(
+    quick_demo: DemoResult, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MATXFER_CACHE", str(cache))
+    out = tmp_path / "out"
+    shutil.copytree(quick_demo.out, out)
+    (out / "scratch_100" / "done.json").unlink()  # metrics.json is there, the rest maybe not
+    lines: list[str] = []
+    run_demo(out, (100,), quick=True, progress=False, echo=lines.append)
+    assert sum("skipped" in line for line in lines) == 2
+    assert any("from scratch" in line and "(resuming)" in line for line in lines)
+    assert is_finished(out / "scratch_100")
 
 
 def test_sizes_are_parsed_or_refused() -> None:

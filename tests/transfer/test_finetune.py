@@ -22,10 +22,19 @@ from matxfer.data.transforms import TargetTransform
 from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
 from matxfer.models import ALIGNN
-from matxfer.training import TrainResult, load_model, resolve_config, save_model, train
+from matxfer.training import (
+    TrainResult,
+    is_finished,
+    load_model,
+    resolve_config,
+    save_model,
+    train,
+)
 from matxfer.training.checkpoint import read_checkpoint, split_state_dict
+from matxfer.training.inputs import DataSpec
 from matxfer.transfer.finetune import finetune, load_for_finetuning
 from matxfer.transfer.freeze import group_of
+from matxfer.transfer.pretrained import pretraining_records
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEMENTS = ["Li", "Na", "Mg", "Al", "Si", "O", "Cl", "Ti", "Fe", "Cu"]
@@ -49,7 +58,9 @@ def checkpoint(tmp_path: Path) -> tuple[Path, ALIGNN]:
         triplet_input_features=4,
     )
     transform = TargetTransform("standardize", 2).fit(torch.randn(10, 2))
-    path = save_model(tmp_path / "pt.ckpt", model, transform, GraphConfig(cutoff=6.0), ["a", "b"])
+    path = save_model(
+        tmp_path / "pt.ckpt", model, transform, GraphConfig(max_neighbors=8), ["a", "b"]
+    )
     return path, model
 
 
@@ -57,7 +68,7 @@ def test_weights_kept_head_replaced_groups_frozen(checkpoint: tuple[Path, ALIGNN
     path, pretrained = checkpoint
     prepared = load_for_finetuning(path, 1, strategy="three_body_only", head="new", seed=0)
     model = prepared.model
-    assert prepared.graph_config.cutoff == 6.0
+    assert prepared.graph_config.max_neighbors == 8
     assert model.training
     assert model.config_dict()["num_outputs"] == 1
     reference = pretrained.state_dict()
@@ -147,7 +158,7 @@ def tiny(epochs: int = 2, norm: str = "batch") -> object:
         "fast",
         {
             "model": {**TINY_MODEL, "norm": norm},
-            "graph": {"cutoff": 6.0, "max_neighbors": 8},
+            "graph": {"max_neighbors": 8},
             "epochs": epochs,
             "batch_size": 8,
             "early_stopping_patience": None,
@@ -238,6 +249,18 @@ def test_transfer_record(pt_run: TrainResult, ft_run: TrainResult) -> None:
     assert "## Transfer" in (ft_run.run_dir / "MODEL_CARD.md").read_text()
 
 
+def test_finetuned_run_records_the_data_spec_its_splits_came_from(
+    datasets: dict[str, Path], ft_run: TrainResult
+) -> None:
+    # finetune reads its data once and trains on those splits: run_info must still hold
+    # their spec, or fine-tuning from this run could not audit against its records.
+    info = json.loads((ft_run.run_dir / "run_info.json").read_text())
+    assert info["data_spec"] == DataSpec(datasets["ft"], test=datasets["ft_test"]).to_dict()
+    recorded = pretraining_records(ft_run.run_dir)
+    assert recorded is not None and recorded.verified is True  # re-resolved, same hashes
+    assert len(recorded.records) == info["counts"]["train"] + info["counts"]["val"]
+
+
 def test_architecture_and_graphs_from_the_checkpoint_transform_refitted(
     pt_run: TrainResult, ft_run: TrainResult
 ) -> None:
@@ -249,6 +272,44 @@ def test_architecture_and_graphs_from_the_checkpoint_transform_refitted(
     # FT targets are about -40x the PT ones: a refitted transform has a negative mean.
     assert float(ft.transform.mean) < 0 < float(pt.transform.mean)
     assert ft_run.metrics["test"]["target"]["original"]["n"] == 10
+
+
+class _EpochStates(pl.Callback):
+    """The model's state after every training epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.states.append({k: v.clone() for k, v in module.model.state_dict().items()})
+
+
+def test_linear_probe_and_l2sp_options(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
+) -> None:
+    states = _EpochStates()
+    result = finetune(
+        datasets["ft"],
+        pt_run.run_dir,
+        tmp_path / "ft",
+        test=datasets["ft_test"],
+        config=tiny(epochs=2),
+        probe_epochs=1,
+        l2sp=0.1,
+        audit=False,
+        progress=False,
+        callbacks=[states],
+    )
+    before = model_state(pt_run.best_checkpoint)
+    probed = {group_of(k) for k, v in states.states[0].items() if not torch.equal(v, before[k])}
+    assert probed == {"head"}  # epoch 0: the linear probe
+    tuned = {group_of(k) for k, v in states.states[1].items() if not torch.equal(v, before[k])}
+    assert tuned == {"embedding", "two_body", "three_body", "gcn", "head"}
+    record = json.loads((result.run_dir / "transfer.json").read_text())
+    assert (record["probe_epochs"], record["l2sp"]) == (1, 0.1)
+    assert (
+        "linear probe (head only) first: 1 epochs" in (result.run_dir / "MODEL_CARD.md").read_text()
+    )
 
 
 def matxfer(*args: str | Path, cache: Path | None = None) -> subprocess.CompletedProcess:
@@ -302,6 +363,8 @@ def test_cli_excluding_test_structures_repeats_pretraining_without_them(
         (["--from", "PT", "--strategy", "warp"], "unknown fine-tuning strategy 'warp'"),
         (["--from", "missing-run"], "no such run directory or checkpoint file"),
         ([], "Missing option '--from'"),
+        (["--from", "PT", "--probe-epochs", "-1"], "Invalid value for '--probe-epochs'"),
+        (["--from", "PT", "--l2sp", "-0.1"], "Invalid value for '--l2sp'"),
     ],
 )
 def test_cli_bad_options_fail_cleanly(
@@ -316,3 +379,52 @@ def test_cli_bad_options_fail_cleanly(
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class _KilledError(Exception):
+    pass
+
+
+class _KillAtSecondEpoch(pl.Callback):
+    """Stops the run like ``kill -9`` would, after epoch 0's checkpoints are written."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            raise _KilledError
+
+
+def test_resume_refuses_other_transfer_settings(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
+) -> None:
+    out = tmp_path / "ft"
+    options = {
+        "test": datasets["ft_test"],
+        "config": tiny(epochs=2),
+        "audit": False,
+        "progress": False,
+    }
+    chosen = {"strategy": "three_body_only", "head": "reuse", "lr_multipliers": "head=10"}
+    with pytest.raises(_KilledError):
+        finetune(
+            datasets["ft"], pt_run.run_dir, out, **chosen, **options,
+            callbacks=[_KillAtSecondEpoch()],
+        )  # fmt: skip
+    # Recorded at the start, completed at the end.
+    started = json.loads((out / "transfer.json").read_text())
+    assert started["complete"] is False and started["strategy"] == "three_body_only"
+    assert (out / "last.ckpt").is_file() and not is_finished(out)
+    for changed, message in [
+        ({"strategy": "all"}, "strategy 'three_body_only' -> 'all'"),
+        ({"lr_multipliers": "head=5"}, r"lr_multipliers \{'head': 10.0\} -> \{'head': 5.0\}"),
+        ({"head": "new"}, "head 'reuse' -> 'new'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            finetune(
+                datasets["ft"], pt_run.run_dir, out, **{**chosen, **changed}, **options,
+                resume=True,
+            )  # fmt: skip
+    result = finetune(datasets["ft"], pt_run.run_dir, out, **chosen, **options, resume=True)
+    record = json.loads((out / "transfer.json").read_text())
+    assert record["complete"] is True and record["lr_multipliers"] == {"head": 10.0}
+    assert is_finished(out) and result.metrics["epochs_trained"] == 2
+    assert (out / "MODEL_CARD.md").read_text().count("## Transfer") == 1

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from builders import TINY_MODEL, alignn_entry
+from builders import TINY_MODEL, alignn_entry, lock_held_elsewhere
 from pymatgen.core import Lattice, Structure
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -27,13 +27,14 @@ from matxfer.data.transforms import TargetTransform
 from matxfer.errors import ConfigError
 from matxfer.graphs import build_graphs
 from matxfer.graphs.config import GraphConfig
+from matxfer.locking import LockHeldError
 from matxfer.models import ALIGNN
 from matxfer.training import TrainResult, load_model, save_config
 from matxfer.training.config import TrainConfig
 from matxfer.training.loaders import with_targets
+from matxfer.training.losses import masked_l1
 from matxfer.training.module import PropertyModule
 from matxfer.transfer.leakage import audit_leakage
-from matxfer.transfer.losses import masked_l1
 from matxfer.transfer.multitask import (
     MERGE_REPORT_FILE,
     mpt_config,
@@ -359,3 +360,24 @@ def test_cli_leave_one_out(datasets: dict[str, Path], tmp_path: Path) -> None:
     assert (out / "config.yaml").read_text().count("loss: masked_l1") == 1  # the flag's default
     again = CliRunner().invoke(app, ["pretrain-multi", *args])
     assert again.exit_code != 0 and "already holds a training run" in str(again.exception)
+
+
+def test_a_second_process_on_the_same_out_is_refused_before_merging(tmp_path: Path) -> None:
+    out = tmp_path / "mpt"
+    with lock_held_elsewhere(out), pytest.raises(LockHeldError, match=r"pid \d+ on host"):
+        pretrain_multi({"a": tmp_path / "missing"}, out, config=tiny_mpt_config())
+
+
+def test_merge_tables_print_on_the_cli_console_without_literal_markup(
+    datasets: dict[str, Path],
+) -> None:
+    from matxfer import cli
+    from matxfer.transfer.multitask import merge_tables
+
+    data = prepare_pretraining(datasets, tiny_mpt_config())
+    with cli.console.capture() as captured:  # the CLI's console prints with markup off
+        for item in merge_tables(data):
+            cli.console.print(item)
+    text = captured.get()
+    assert "shared crystals" in text
+    assert "[dim]" not in text and "[/]" not in text

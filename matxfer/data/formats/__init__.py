@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from matxfer.data.formats.folders import ID_PROP, read_extxyz, read_idprop
+from matxfer.data.formats.extxyz import read_extxyz
+from matxfer.data.formats.folders import ID_PROP, read_idprop
 from matxfer.data.formats.json_tables import (
     alignn_records,
     matbench_records,

@@ -9,19 +9,23 @@ a ``.json.gz`` that is plain JSON and a ``.json`` that is gzipped both read.
 from __future__ import annotations
 
 import bz2
+import codecs
 import functools
 import gzip
 import io
 import json
 import lzma
+import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice, Structure
 
+from matxfer.data.formats._locate import record_at
 from matxfer.data.records import Record
 from matxfer.data.validate import (
     InvalidRecordError,
@@ -32,9 +36,16 @@ from matxfer.data.validate import (
     check_not_empty,
     check_volume,
 )
-from matxfer.errors import DataError
+from matxfer.errors import ConfigError, DataError
 
 _GZIP, _BZ2, _XZ, _ZIP = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"PK\x03\x04"
+_OPENERS = {_GZIP: gzip.open, _BZ2: bz2.open, _XZ: lzma.open}
+
+#: Environment variable that overrides :data:`MAX_DECOMPRESSED_BYTES`.
+MAX_DECOMPRESSED_ENV = "MATXFER_MAX_DECOMPRESSED_BYTES"
+#: Largest decompressed size read from a compressed file: generous for real datasets
+#: (the study's largest file is 12 MB), and it stops a "zip bomb" from filling memory.
+MAX_DECOMPRESSED_BYTES = 2 * 1024**3
 # Parsing only needs an invertible lattice; the user's volume threshold applies later.
 _PARSE_CONFIG = ValidationConfig(min_volume=1e-8)
 
@@ -51,15 +62,48 @@ def read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
-def decompress(raw: bytes, path: Path) -> bytes:
-    """Undo gzip/bz2/xz compression (sniffed from magic bytes) or open a one-file zip."""
+def max_decompressed_bytes() -> int:
+    """The decompressed-size limit: ``$MATXFER_MAX_DECOMPRESSED_BYTES``, else 2 GiB."""
+    text = os.environ.get(MAX_DECOMPRESSED_ENV, "").strip()
+    if not text:
+        return MAX_DECOMPRESSED_BYTES
     try:
-        if raw.startswith(_GZIP):
-            return gzip.decompress(raw)
-        if raw.startswith(_BZ2):
-            return bz2.decompress(raw)
-        if raw.startswith(_XZ):
-            return lzma.decompress(raw)
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ConfigError(
+            f"{MAX_DECOMPRESSED_ENV}={text!r} must be a positive whole number of bytes"
+        )
+    return limit
+
+
+def _bounded(data: bytes, limit: int, path: Path) -> bytes:
+    """``data`` unless it is longer than ``limit`` (the caller read ``limit + 1`` bytes)."""
+    if len(data) > limit:
+        raise DataError(
+            f"{path}: decompresses to more than {limit:,} bytes, the limit; if the file is "
+            f"genuine, raise the limit with {MAX_DECOMPRESSED_ENV} (bytes)"
+        )
+    return data
+
+
+def decompress(raw: bytes, path: Path, limit: int | None = None) -> bytes:
+    """Undo gzip/bz2/xz compression (sniffed from magic bytes) or open a one-file zip.
+
+    Args:
+        raw: The file's bytes.
+        path: The file, for messages.
+        limit: Largest decompressed size accepted, in bytes (default:
+            :func:`max_decompressed_bytes`); a larger output is refused before it
+            is held in memory.
+    """
+    limit = max_decompressed_bytes() if limit is None else limit
+    try:
+        for magic, opener in _OPENERS.items():
+            if raw.startswith(magic):
+                with opener(io.BytesIO(raw)) as stream:
+                    return _bounded(stream.read(limit + 1), limit, path)
     except EOFError:
         raise DataError(
             f"{path}: compressed file is truncated (ends before its end marker)"
@@ -67,11 +111,11 @@ def decompress(raw: bytes, path: Path) -> bytes:
     except (OSError, zlib.error, lzma.LZMAError, ValueError) as error:
         raise DataError(f"{path}: compressed data is corrupt ({error})") from None
     if raw.startswith(_ZIP):
-        return _single_zip_member(raw, path)
+        return _single_zip_member(raw, path, limit)
     return raw
 
 
-def _single_zip_member(raw: bytes, path: Path) -> bytes:
+def _single_zip_member(raw: bytes, path: Path, limit: int) -> bytes:
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             members = [m for m in archive.namelist() if not m.endswith("/")]
@@ -80,21 +124,43 @@ def _single_zip_member(raw: bytes, path: Path) -> bytes:
                     f"{path}: zip archive holds {len(members)} files; extract the dataset "
                     "file and pass it directly"
                 )
-            return archive.read(members[0])
-    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+            with archive.open(members[0]) as member:
+                return _bounded(member.read(limit + 1), limit, path)
+    except NotImplementedError as error:
+        raise DataError(
+            f"{path}: zip archive cannot be opened here ({error}); extract the dataset file "
+            "and pass it directly"
+        ) from None
+    except RuntimeError as error:  # zipfile's "is encrypted, password required"
+        raise DataError(
+            f"{path}: zip archive is encrypted ({error}); extract the dataset file and "
+            "pass it directly"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
         raise DataError(f"{path}: zip archive is corrupt or truncated ({error})") from None
 
 
-def decode_text(data: bytes, path: Path) -> str:
-    """UTF-8 text (a leading byte-order mark is allowed)."""
+def decode_text(data: bytes, path: Path, locate: Callable[[bytes, int], str] | None = None) -> str:
+    """UTF-8 text (a leading byte-order mark is allowed).
+
+    Args:
+        data: The (decompressed) file content.
+        path: The file, for messages.
+        locate: Describes where a byte offset lies (e.g. :func:`record_at`), for
+            the message about a byte that is not UTF-8.
+    """
     if not data.strip():
         raise DataError(f"{path}: file is empty")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        # The codec counts from after a byte-order mark; the message counts in the file.
+        offset = error.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        where = locate(data, offset) if locate is not None else ""
         raise DataError(
-            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
-            "is it a binary or differently encoded file?"
+            f"{path}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}, line {line}"
+            f"{where}); is it a binary or differently encoded file?"
         ) from None
     if "\x00" in text:
         raise DataError(f"{path}: not a text file (contains NUL bytes)")
@@ -107,8 +173,8 @@ def read_text(path: Path) -> str:
 
 
 def load_json(path: Path) -> Any:
-    """Parse ``path`` as JSON; errors name the line and column."""
-    text = read_text(path)
+    """Parse ``path`` as JSON; errors name the line and column, and the record there."""
+    text = decode_text(decompress(read_bytes(path), path), path, record_at)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -121,6 +187,7 @@ def load_json(path: Path) -> Any:
             hint = " (this does not look like JSON; wrong file or format?)"
         raise DataError(
             f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}{hint}"
+            f"{record_at(text, error.pos)}"
         ) from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None

@@ -1,4 +1,4 @@
-"""File formats with one structure file per record or one frame per record.
+"""The ``idprop`` format: one structure file per record.
 
 * ``idprop``: a folder with ``id_prop.csv`` (``filename,target`` per line, no
   header; the reference ALIGNN's ``train_folder`` layout) beside POSCAR/CIF
@@ -6,8 +6,8 @@
   ``target_3``...; an empty cell then means "label missing" (a row with no
   label at all is a problem). If the first line's target cells are not
   numbers it is taken as a header and names the targets. Ids are the file names.
-* ``extxyz``: ASE extended XYZ; each frame's target is ``info[target_key]``
-  (or the value ASE moved into the frame's calculator results, e.g. ``energy``).
+
+Extended XYZ (one frame per record) is read by :mod:`matxfer.data.formats.extxyz`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ from pathlib import Path
 
 from pymatgen.core import Structure
 
-from matxfer.data.formats._io import (
-    atoms_fields,
-    build_record,
-    read_text,
-    record_id,
-    structure_fields,
-)
+from matxfer.data.formats._io import build_record, read_text, record_id, structure_fields
 from matxfer.data.formats.json_tables import collect
 from matxfer.data.records import DEFAULT_TARGET, Record
 from matxfer.data.validate import InvalidRecordError, as_target, describe_error
@@ -157,60 +151,3 @@ def read_idprop(path: Path, target_key: str | None = None) -> tuple[list[Record]
         return build_record(rid, lattice, symbols, frac, False, targets, source, index)
 
     return collect(rows, source, parse, row_id)
-
-
-def read_extxyz(path: Path, target_key: str | None = None) -> tuple[list[Record], list[Problem]]:
-    """Read an extended XYZ file; ``target_key`` names the per-frame info field.
-
-    Ids come from an ``id``/``jid``/``name`` info field, else ``{file stem}-{frame}``.
-    """
-    if target_key is None:
-        raise DataError(
-            f"{path}: extxyz targets live in each frame's info fields; name the one to use "
-            "with target_key / --target-key"
-        )
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    import ase.io  # deferred: ASE is only needed for this format
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frames = ase.io.read(str(path), index=":", format="extxyz")
-    except Exception as error:
-        raise DataError(
-            f"{path}: cannot be read as extended XYZ ({describe_error(error)})"
-        ) from None
-    if not frames:
-        raise DataError(f"{path}: no frames")
-    source, stem = str(path), path.name.split(".")[0]
-
-    def frame_id(atoms: object, index: int) -> str:
-        info = getattr(atoms, "info", {})
-        for key in ("id", "jid", "name"):
-            if key in info and key != target_key:
-                try:
-                    return record_id(info[key])
-                except InvalidRecordError:
-                    break
-        return f"{stem}-{index}"
-
-    def parse(atoms: object, index: int) -> Record:
-        info = dict(atoms.info)  # type: ignore[attr-defined]
-        calc = getattr(atoms, "calc", None)
-        if calc is not None:
-            info.update({k: v for k, v in getattr(calc, "results", {}).items() if k not in info})
-        if target_key not in info:
-            fields = ", ".join(sorted(info)) or "none"
-            raise InvalidRecordError(f"frame has no info field '{target_key}' (fields: {fields})")
-        value = info[target_key]
-        if getattr(value, "ndim", 0) == 0 and hasattr(value, "item"):
-            value = value.item()  # numpy scalar from ASE's parser
-        target = as_target(value, target_key)
-        cell, symbols, positions = atoms_fields(atoms)
-        return build_record(
-            frame_id(atoms, index), cell, symbols, positions, True,
-            {DEFAULT_TARGET: target}, source, index,
-        )  # fmt: skip
-
-    return collect(frames, source, parse, frame_id)

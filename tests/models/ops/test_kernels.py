@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from model_graphs import random_norm
 from torch import nn
 
-from matxfer.models import block_norm, kernels
-from matxfer.models.gated_edges import edge_gated_update, edge_gated_update_reference
+from matxfer.atomic import atomic_path
+from matxfer.models.ops import block_norm, kernels
+from matxfer.models.ops.gated_edges import edge_gated_update, edge_gated_update_reference
 
 
 @pytest.fixture
@@ -208,3 +215,89 @@ def test_fused_norm_silu_layers_match_float64_autograd(
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
+
+
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+"""
+
+
+def test_cpu_id_tells_arm64_cpu_types_and_machines_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    neoverse_n1 = kernels._cpu_id(ARM_CPUINFO)
+    assert b"Features : fp asimd" in neoverse_n1 and b"CPU part : 0xd0c" in neoverse_n1
+    assert kernels._cpu_id(ARM_CPUINFO.replace("0xd0c", "0xd40")) != neoverse_n1  # V1
+    assert kernels._cpu_id(ARM_CPUINFO.replace(" sha2", "")) != neoverse_n1
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "other")
+    assert kernels._cpu_id(ARM_CPUINFO) != neoverse_n1
+    assert kernels._cpu_id("") == b"other"  # no /proc/cpuinfo: the machine still counts
+
+
+def test_cache_key_follows_the_compiler(fresh_kernels: pytest.MonkeyPatch) -> None:
+    fresh_kernels.setattr(kernels, "_compiler_identity", lambda cc: "cc (Debian 12.2.0) 12.2.0")
+    old = kernels._library_path("cc")
+    fresh_kernels.setattr(kernels, "_compiler_identity", lambda cc: "cc (Debian 13.1.0) 13.1.0")
+    assert kernels._library_path("cc") != old
+    assert kernels._library_path("cc").parent == old.parent
+
+
+def altered(library: Path) -> None:
+    """Append a byte to ``library`` as a new file (the loaded one stays mapped intact)."""
+    content = library.read_bytes()
+    with atomic_path(library) as tmp:
+        tmp.write_bytes(content + b"\0")
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch code runs")
+def test_a_library_this_user_did_not_build_is_rebuilt(
+    fresh_kernels: pytest.MonkeyPatch,
+) -> None:
+    fresh_kernels.delenv("MATXFER_KERNELS", raising=False)
+    builds: list[object] = []
+    real_build = kernels._build
+    fresh_kernels.setattr(kernels, "_build", lambda *a: builds.append(a) or real_build(*a))
+    assert kernels.load() is not None and len(builds) == 1
+    library = kernels._library_path(kernels._compiler())
+    record_path = library.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    assert record["uid"] == os.getuid()
+    assert record["sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
+    kernels.load.cache_clear()
+    assert kernels.load() is not None and len(builds) == 1  # trusted: reused
+    tampered = [
+        # altered since its build (a new file: the loaded one stays mapped in this process)
+        lambda: altered(library),
+        lambda: record_path.write_text(json.dumps({**record, "uid": os.getuid() + 1})),
+        lambda: record_path.unlink(),  # built by an older matxfer, or by someone else
+    ]
+    for count, tamper in enumerate(tampered, start=2):
+        tamper()
+        kernels.load.cache_clear()
+        assert kernels.load() is not None and len(builds) == count
+
+
+def test_a_compiler_that_hangs_is_given_up_with_one_warning(
+    fresh_kernels: pytest.MonkeyPatch,
+) -> None:
+    fresh_kernels.delenv("MATXFER_KERNELS", raising=False)
+    fresh_kernels.setattr(kernels, "_compiler", lambda: "cc")
+    fresh_kernels.setattr(kernels, "_compiler_identity", lambda cc: "cc 1.0")
+    timeouts: list[float] = []
+
+    def hang(command: list[str], **options: object) -> None:
+        timeouts.append(options["timeout"])
+        raise subprocess.TimeoutExpired(command, options["timeout"])
+
+    fresh_kernels.setattr(kernels.subprocess, "run", hang)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert kernels.load() is None
+        assert kernels.load() is None  # decided once per process
+    assert timeouts == [kernels.COMPILE_TIMEOUT]
+    assert len(caught) == 1 and "took over 120 s" in str(caught[0].message)

@@ -8,10 +8,10 @@ from model_graphs import random_norm
 from torch import nn
 from torch.nn import functional as F
 
-from matxfer.models import block_norm, fused_ops
-from matxfer.models.block_norm import linear_norm_silu, norm_silu
-from matxfer.models.fused_ops import linear
-from matxfer.models.gated_edges import edge_gated_update, edge_gated_update_reference
+from matxfer.models.ops import block_norm, fused_ops
+from matxfer.models.ops.block_norm import linear_norm_silu, norm_silu
+from matxfer.models.ops.fused_ops import linear
+from matxfer.models.ops.gated_edges import edge_gated_update, edge_gated_update_reference
 
 
 def _edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

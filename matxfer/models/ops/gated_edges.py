@@ -15,8 +15,8 @@ forward and backward, one block of rows at a time, so the temporaries of a
 block stay in cache and only :math:`y` and :math:`m` are kept for the
 backward pass (plain autograd would keep five ``[E, F]`` tensors).
 BatchNorm needs column statistics over all rows, so with it the rows are
-visited twice (:class:`~matxfer.models.block_norm.BlockNorm`).
-Where the C kernels of :mod:`matxfer.models.kernels` are built, each block's
+visited twice (:class:`~matxfer.models.ops.block_norm.BlockNorm`).
+Where the C kernels of :mod:`matxfer.models.ops.kernels` are built, each block's
 elementwise work (s + d, gates, norm, SiLU, residual) and its sums over edges
 into node tables run there, in one pass per row and direction (BLAS does the
 matmuls); otherwise torch ops do it, with ``index_add_`` for the sums.
@@ -35,9 +35,15 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from matxfer.models import kernels
-from matxfer.models.block_norm import BlockNorm, row_blocks
-from matxfer.models.fused_ops import GATE_EPS, linear, linear_no_grad, plain_autograd, scatter_sum
+from matxfer.models.ops import kernels
+from matxfer.models.ops.block_norm import BlockNorm, row_blocks
+from matxfer.models.ops.fused_ops import (
+    GATE_EPS,
+    linear,
+    linear_no_grad,
+    plain_autograd,
+    scatter_sum,
+)
 
 aten = torch.ops.aten
 

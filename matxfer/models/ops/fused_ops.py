@@ -11,7 +11,7 @@
 
 Under ``torch.compile`` and CPU autocast the plain formulas are used
 (:func:`plain_autograd`). Checked against plain autograd in
-``tests/models/test_fused_ops.py``.
+``tests/models/ops/test_fused_ops.py``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,32 @@
 """Fused C kernels of the edge-gated update, compiled on first use.
 
-The per-edge work of :mod:`matxfer.models.gated_edges` is a dozen elementwise
+The per-edge work of :mod:`matxfer.models.ops.gated_edges` is a dozen elementwise
 passes (sigmoid, gathers, LayerNorm, SiLU, residual, and their gradients) over
 ``[E, 256]`` rows plus sums over edges into node tables; ``csrc/gated_edges.c``
 does each direction in one pass per row (each thread summing into its own
 node table), and BatchNorm's column sums in one pass each. It is compiled
 with the system C compiler (``$CC``, else ``cc``) into the cache
 (``$MATXFER_CACHE/kernels``) the first time it is needed, and loaded with
-:mod:`ctypes`; OpenMP's runtime is the one torch already loaded (same soname),
-so the kernels share torch's threads (a torch built with another OpenMP, such
-as Intel's, would run a second thread pool beside them). Linux only: elsewhere,
-where there is no compiler, or with ``MATXFER_KERNELS=0``, :func:`load`
-returns ``None`` and the torch code runs.
+:mod:`ctypes`. The cached library is keyed by the source, flags, compiler
+(``cc --version``) and CPU type (``-march=native``), and loaded only when this
+user built it and its SHA-256 matches the record written at build time
+(``gated_edges-KEY.json``); otherwise it is rebuilt. OpenMP's runtime is the
+one torch already loaded (same soname), so the kernels share torch's threads
+(a torch built with another OpenMP, such as Intel's, would run a second
+thread pool beside them). Linux only: elsewhere, where there is no compiler,
+with ``MATXFER_KERNELS=0``, or when the build fails or takes over
+:data:`COMPILE_TIMEOUT` seconds, :func:`load` returns ``None`` (with one
+warning for a failed build) and the torch code runs.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -31,11 +39,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from matxfer.atomic import write_text_atomic
+from matxfer.paths import cache_dir
+
 SOURCE = Path(__file__).parent / "csrc" / "gated_edges.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 #: Linked without -ffast-math: with it, gcc (< 13) and clang link crtfastmath.o, whose
 #: constructor would switch the whole process (torch, numpy) to flush denormals to zero.
 LINK_FLAGS = ["-shared", "-fopenmp"]
+#: Seconds one compiler step may take before the torch code is used instead.
+COMPILE_TIMEOUT = 120.0
 
 #: Norm kinds of the C code.
 NORM_CODES = {"affine": 0, "layer": 1}
@@ -48,7 +61,71 @@ def _compiler() -> str | None:
     return None
 
 
+def _compiler_identity(compiler: str) -> str:
+    """First line of ``compiler --version`` (e.g. ``cc (Debian 12.2.0-14) 12.2.0``): a
+    compiler upgrade gets a fresh build instead of a library built by the old one."""
+    done = subprocess.run(
+        [compiler, "--version"], check=True, capture_output=True, text=True, timeout=30
+    )
+    return next(iter(done.stdout.splitlines()), "")
+
+
+#: ``/proc/cpuinfo`` fields that tell what ``-march=native`` targets: x86 ``flags`` and
+#: ``model name``; arm64 ``Features``, ``CPU implementer``, ``CPU part``, ``CPU variant``.
+_CPU_FIELDS = ("flags", "model name", "Features", "CPU implementer", "CPU part", "CPU variant")
+
+
+def _cpu_id(cpuinfo: str | None = None) -> bytes:
+    """What identifies this CPU type to ``-march=native``: the machine plus its cpuinfo fields.
+
+    Args:
+        cpuinfo: ``/proc/cpuinfo``'s text (default: read it; empty where unreadable).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    lines = {
+        " ".join(line.split())  # "flags\t\t: a b" and "flags : a b" alike
+        for line in cpuinfo.splitlines()
+        if line.startswith(_CPU_FIELDS)
+    }
+    return "\n".join([platform.machine(), *sorted(lines)]).encode()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record_of(library: Path) -> Path:
+    """The JSON beside a built library: who built it and its SHA-256."""
+    return library.with_suffix(".json")
+
+
+def _trusted(library: Path) -> bool:
+    """Whether ``library`` is one this user built, unchanged since (owner uid and
+    SHA-256 as recorded at build time). Loading a library runs its code, so one left
+    in a shared cache by another user, or altered, is never loaded."""
+    try:
+        record = json.loads(_record_of(library).read_text())
+        uid = os.getuid()
+        return (
+            library.stat().st_uid == uid
+            and record.get("uid") == uid
+            and record.get("sha256") == _sha256(library)
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _build(compiler: str, target: Path) -> None:
+    """Compile and link into ``target`` (atomically), and record its owner and hash.
+
+    Raises:
+        subprocess.CalledProcessError: The compiler failed.
+        subprocess.TimeoutExpired: A step took over :data:`COMPILE_TIMEOUT` seconds.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built, obj = Path(tmp) / target.name, Path(tmp) / "gated_edges.o"
@@ -56,39 +133,57 @@ def _build(compiler: str, target: Path) -> None:
             [compiler, *FLAGS, "-c", str(SOURCE), "-o", str(obj)],
             [compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"],
         ):
-            subprocess.run(command, check=True, capture_output=True, text=True)
-        os.replace(built, target)  # atomic: concurrent processes may build too
+            subprocess.run(
+                command, check=True, capture_output=True, text=True, timeout=COMPILE_TIMEOUT
+            )
+        record = {"uid": os.getuid(), "sha256": _sha256(built), "compiler": compiler}
+        write_text_atomic(_record_of(target), json.dumps(record) + "\n")
+        os.replace(built, target)  # atomic; concurrent builds are serialised by a lock
 
 
-def _cpu_id() -> bytes:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return b""
-    return "\n".join(
-        sorted({line for line in lines if line.startswith(("flags", "model name"))})
-    ).encode()
+def _library_path(compiler: str) -> Path:
+    """The cached library for this source, flags, compiler and CPU type."""
+    # -march=native: the build is for this CPU, so its type is part of the key
+    # (a cache shared by different machines gets one build per CPU type and compiler).
+    flags = " ".join(FLAGS + LINK_FLAGS).encode()
+    identity = _compiler_identity(compiler).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + flags + _cpu_id() + identity)
+    return cache_dir() / "kernels" / f"gated_edges-{key.hexdigest()[:16]}.so"
+
+
+def _built_library(compiler: str) -> Path:
+    """The trusted library, built (or rebuilt, when not trusted) first."""
+    target = _library_path(compiler)
+    if _trusted(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; others wait, then reuse it
+        if not _trusted(target):
+            _build(compiler, target)
+        if not _trusted(target):
+            raise OSError(f"{target} does not match the record of its build")
+    return target
 
 
 @cache
 def load() -> ctypes.CDLL | None:
-    """The compiled kernels, or ``None`` (disabled, no compiler, or the build failed)."""
+    """The compiled kernels, or ``None`` (disabled, no compiler, or the build failed or
+    timed out: one warning, then the torch code runs)."""
     if os.environ.get("MATXFER_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
         return None
     compiler = _compiler()
     if compiler is None:
         return None
-    from matxfer.training.inputs import cache_dir  # lazy: training imports models
-
     try:
-        # -march=native: the build is for this CPU, so its flags are part of the key
-        # (a cache shared by different machines gets one build per CPU type).
-        flags = " ".join(FLAGS + LINK_FLAGS).encode()
-        key = hashlib.sha256(SOURCE.read_bytes() + flags + _cpu_id())
-        target = cache_dir() / "kernels" / f"gated_edges-{key.hexdigest()[:16]}.so"
-        if not target.is_file():
-            _build(compiler, target)
-        library = ctypes.CDLL(str(target))
+        library = ctypes.CDLL(str(_built_library(compiler)))
+    except subprocess.TimeoutExpired as error:
+        warnings.warn(
+            f"matxfer: could not build the fused CPU kernels ({error.cmd[0]} took over "
+            f"{error.timeout:.0f} s); using the slower torch code",
+            stacklevel=2,
+        )
+        return None
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         warnings.warn(

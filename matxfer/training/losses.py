@@ -1,19 +1,29 @@
-"""Losses for multi-property (MPT) training with missing labels.
+"""Training losses: the single-property ones and the study's masked multi-property L1.
 
 In multi-property pre-training (Devi, Butler & Sai Gautam, npj Comput Mater 2024,
 arXiv 2406.13142) one model has one output per property, but each crystal carries
-labels for only some of them. The loss counts the labels that exist and nothing
-else.
+labels for only some of them. :func:`masked_l1` counts the labels that exist and
+nothing else. :func:`resolve_loss` maps a config's ``loss`` name
+(:data:`~matxfer.training.config.LossName`) to its function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
+from matxfer.errors import ConfigError
+from matxfer.training.config import LossName
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
 Normalization = Literal["batch", "labels"]
+#: Losses given the full ``[B, P]`` prediction and target with NaN for missing labels
+#: (they mask themselves); the others get only the labelled entries.
+SELF_MASKING_LOSSES: frozenset[LossName] = frozenset({"masked_l1"})
 
 
 def masked_l1(
@@ -74,3 +84,31 @@ def masked_l1(
         denominator = max(pred.shape[0], 1)
         return abs_error.sum() / denominator
     return abs_error.sum() / present.sum().clamp_min(1).to(pred.dtype)
+
+
+def resolve_loss(name: str, huber_delta: float = 1.0) -> LossFunction:
+    """The loss function called ``name``.
+
+    ``mse``, ``l1`` and ``huber`` average over the labelled entries they are
+    given; ``masked_l1`` (:func:`masked_l1`, the study's multi-property loss)
+    takes ``[B, P]`` with NaN for missing labels and divides the summed absolute
+    error by the batch size B.
+
+    Args:
+        name: ``mse`` (the study), ``l1``, ``huber`` or ``masked_l1`` (case-insensitive).
+        huber_delta: Threshold between the quadratic and linear parts of ``huber``.
+
+    Raises:
+        ConfigError: Unknown name; the message lists the choices.
+    """
+    # Keys are exactly LossName's choices (tests/training/test_losses.py checks it).
+    losses: dict[str, LossFunction] = {
+        "mse": F.mse_loss,
+        "l1": F.l1_loss,
+        "huber": lambda pred, target: F.huber_loss(pred, target, delta=huber_delta),
+        "masked_l1": masked_l1,
+    }
+    try:
+        return losses[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(losses)}") from None

@@ -4,7 +4,7 @@
 over all rows, so the rows are visited twice; eval: a fixed affine map) or
 nothing to one block of rows at a time, forward and backward, so callers can
 fuse it with other per-row work while the block is in cache
-(:mod:`matxfer.models.gated_edges`). :func:`linear_norm_silu` and
+(:mod:`matxfer.models.ops.gated_edges`). :func:`linear_norm_silu` and
 :func:`norm_silu` use it for ``SiLU(Norm(x W^T + b))`` (the MLP layers) and
 ``residual + SiLU(Norm(m))`` (node updates): autograd would keep the linear
 output, the normalised tensor and its statistics; these keep the input only
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from matxfer.models import kernels
-from matxfer.models.fused_ops import linear, linear_no_grad, plain_autograd
+from matxfer.models.ops import kernels
+from matxfer.models.ops.fused_ops import linear, linear_no_grad, plain_autograd
 
 aten = torch.ops.aten
 
@@ -134,7 +134,7 @@ class BlockNorm:
             self._scale_shift = (scale, shift if self.bias is None else shift + self.bias)
         return self._scale_shift
 
-    # -- the fused C kernels' view (matxfer.models.kernels) -----------------------
+    # -- the fused C kernels' view (matxfer.models.ops.kernels) -------------------
     def kernel_affine(self) -> tuple[str, Tensor, Tensor]:
         """``("layer", weight, bias)`` or ``("affine", scale, shift)`` with ones and
         zeros for absent parameters; BatchNorm in training after its statistics."""
@@ -169,7 +169,7 @@ class BlockNorm:
     ) -> None:
         """The C kernel's forward of one block: ``out = residual + SiLU(Norm(m))``
         (skipped when ``out`` is ``None``) and, with ``gate``, the edge gates
-        (:func:`matxfer.models.kernels.gate_forward`)."""
+        (:func:`matxfer.models.ops.kernels.gate_forward`)."""
         mode, scale, shift = self.kernel_affine() if out is not None else ("affine", None, None)
         layer = mode == "layer"
         kernels.gate_forward(
@@ -187,7 +187,7 @@ class BlockNorm:
     ) -> Tensor:
         """The C kernel's ``dL/dm`` of one block from ``dL/d out`` (may be ``None``)
         and, with ``gate``, from the gated mean, with the node sums
-        (:func:`matxfer.models.kernels.gate_backward`). ``grad_out_copy`` receives a
+        (:func:`matxfer.models.ops.kernels.gate_backward`). ``grad_out_copy`` receives a
         copy of ``grad_out`` in the same pass. LayerNorm's weight and bias gradients
         gather in per-thread sums until :meth:`fused_finish`."""
         mode, scale, shift = self.kernel_affine()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
-from matxfer.transfer.losses import masked_l1
+from matxfer.errors import ConfigError
+from matxfer.training.config import LossName
+from matxfer.training.losses import masked_l1, resolve_loss
 
 NAN = math.nan
 
@@ -80,3 +83,12 @@ def test_bad_inputs() -> None:
         masked_l1(torch.zeros(1, 2), torch.tensor([[NAN, 1.0]]), mask=torch.ones(1, 2, dtype=bool))
     with pytest.raises(ValueError, match="normalize"):
         masked_l1(torch.zeros(1, 1), torch.zeros(1, 1), normalize="mean")  # type: ignore[arg-type]
+
+
+def test_resolve_loss_knows_exactly_the_config_choices() -> None:
+    # A config may only name LossName's choices, and every one must resolve.
+    choices = sorted(get_args(LossName))
+    assert all(callable(resolve_loss(name)) for name in choices)
+    with pytest.raises(ConfigError) as error:
+        resolve_loss("hinge")
+    assert str(choices) in str(error.value)
