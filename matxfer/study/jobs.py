@@ -1,0 +1,458 @@
+"""A study spec expanded into a graph of jobs with stable ids.
+
+Every job is one training run: a pre-training (``pretrain``), a scratch
+baseline (``scratch``) or a fine-tuning (``finetune``, after its pre-training).
+Its id is a hash of everything that determines the run: the resolved training
+config, the data options and the content hash of every dataset it reads, and
+for a fine-tuning the id of its pre-training. Editing a spec therefore adds
+jobs without redoing those that still match, and a changed dataset file makes
+new jobs rather than silently reusing old results.
+
+:func:`plan_study` also checks the spec against the data (unknown datasets,
+sizes larger than the pool, trials or sizes missing from ``trials.json``,
+unknown strategies, sources and profiles) before anything trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from matxfer.errors import ConfigError, MatxferError
+from matxfer.study.datasets import DatasetFacts, dataset_facts
+from matxfer.study.spec import FinetuneGrid, PretrainEntry, StudySpec
+from matxfer.training.config import TrainConfig, load_config, resolve_config
+from matxfer.transfer.freeze import parse_freeze
+
+JobKind = Literal["pretrain", "scratch", "finetune"]
+#: Config keys that change how a run executes, not what it computes: left out of job ids.
+_EXECUTION_KEYS = (
+    "max_minutes",
+    "accelerator",
+    "num_workers",
+    "profile",
+    "devices",
+    "strategy",
+)
+#: The masked L1 loss of the study's multi-property pre-training.
+_MPT_LOSS = "masked_l1"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a study.
+
+    Attributes:
+        id: Stable id (16 hex digits).
+        kind: ``pretrain``, ``scratch`` or ``finetune``.
+        target: FT dataset (scratch/finetune) or the PT label.
+        source: ``scratch``, or the PT label a fine-tuning starts from (PT: its label).
+        settings: Everything :func:`~matxfer.study.execute.run_job` needs (JSON-ready).
+        depends_on: Id of the pre-training a fine-tuning starts from.
+        size: Training + validation records (PT: per property; ``None`` = whole pool).
+        pt_size: Records per property of the pre-training (finetune only).
+        trial: The study's trial, if any.
+        seed: Seed of sampling, split, initialisation and shuffling.
+        strategy, head: Fine-tuning strategy and head (finetune only).
+        lr: Peak learning rate.
+        sampling: How records are drawn.
+        profile: Profile name or config file.
+        epochs: Maximum epochs.
+        structures: Structures trained per epoch (for cost estimates).
+        mean_atoms: Mean atoms per structure of the training data.
+        test_structures: Structures evaluated at the end.
+        records_read: Records a job reads and validates (pools, test sets, and for a
+            fine-tuning the pre-training data again for its leakage audit).
+    """
+
+    id: str
+    kind: JobKind
+    target: str
+    source: str
+    settings: dict[str, Any] = field(hash=False, compare=False)
+    depends_on: str | None = None
+    size: int | None = None
+    pt_size: int | None = None
+    trial: int | None = None
+    seed: int = 0
+    strategy: str | None = None
+    head: str | None = None
+    lr: float = 1e-3
+    sampling: str = "random"
+    profile: str = "fast"
+    epochs: int = 100
+    structures: int = 0
+    mean_atoms: float = 10.0
+    test_structures: int = 0
+    records_read: int = 0
+
+    @property
+    def name(self) -> str:
+        """A readable name, also the run directory's (``ph-100-t1-s0-from-fe-<id>``)."""
+        parts = [Path(self.target).name or self.target]  # a dataset folder: its name
+        if self.size is not None:
+            parts.append(str(self.size))
+        if self.trial is not None:
+            parts.append(f"t{self.trial}")
+        parts.append(f"s{self.seed}")
+        if self.kind == "finetune":
+            parts += [f"from-{self.source}", str(self.strategy).replace(":", "_"), str(self.head)]
+        return "-".join(parts).replace("/", "_") + f"-{self.id[:8]}"
+
+    def run_dir(self, study_dir: Path) -> Path:
+        """Where the job's run directory lives inside a study directory."""
+        return study_dir / "runs" / self.kind / self.name
+
+    def describe(self) -> dict[str, Any]:
+        """The job's identifying columns (those of the results table)."""
+        return {
+            "job_id": self.id,
+            "kind": self.kind,
+            "target": self.target,
+            "source": self.source,
+            "pt_job_id": self.depends_on,
+            "pt_size": self.pt_size,
+            "size": self.size,
+            "trial": self.trial,
+            "seed": self.seed,
+            "strategy": self.strategy,
+            "head": self.head,
+            "lr": self.lr,
+            "sampling": self.sampling,
+            "profile": self.profile,
+        }
+
+
+@dataclass
+class StudyPlan:
+    """The jobs of a spec, pre-trainings first.
+
+    Attributes:
+        spec: The validated spec.
+        jobs: Every job once, each after the job it depends on.
+        facts: Dataset name → what planning read of it.
+    """
+
+    spec: StudySpec
+    jobs: list[Job]
+    facts: dict[str, DatasetFacts]
+
+    def by_id(self) -> dict[str, Job]:
+        """Job id → job."""
+        return {job.id: job for job in self.jobs}
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per kind."""
+        counts = Counter(job.kind for job in self.jobs)
+        return {kind: counts.get(kind, 0) for kind in ("pretrain", "scratch", "finetune")}
+
+    def dependants(self) -> dict[str, list[str]]:
+        """Pre-training id → ids of the fine-tunings waiting for it."""
+        waiting: dict[str, list[str]] = {}
+        for job in self.jobs:
+            if job.depends_on is not None:
+                waiting.setdefault(job.depends_on, []).append(job.id)
+        return waiting
+
+
+def _job_id(kind: str, settings: dict[str, Any], hashes: list[str]) -> str:
+    config = {k: v for k, v in settings["config"].items() if k not in _EXECUTION_KEYS}
+    identity = {
+        **{k: v for k, v in settings.items() if k not in ("config", "data_dir")},
+        "kind": kind,
+        "config": config,
+        "data_sha256": sorted(hashes),
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Planner:
+    """Expands one spec; remembers dataset facts and the jobs made so far."""
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+        self.facts: dict[str, DatasetFacts] = {}
+        self.jobs: dict[str, Job] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    def fact(self, name: str, loc: tuple[Any, ...]) -> DatasetFacts:
+        if name not in self.facts:
+            try:
+                self.facts[name] = dataset_facts(name, self.spec.data_dir)
+            except MatxferError as error:
+                raise self.spec.error(loc, str(error)) from None
+        return self.facts[name]
+
+    def config(self, loc: tuple[Any, ...], *overrides: dict[str, Any]) -> TrainConfig:
+        merged: dict[str, Any] = {}
+        for update in (self.spec.config, *overrides):
+            merged = _merge(merged, {k: v for k, v in update.items() if v is not None})
+        profile = self.spec.profile
+        try:
+            if profile in ("fast", "paper"):
+                return resolve_config(profile, merged, source="study spec")
+            if not Path(profile).is_file():
+                raise ConfigError(
+                    f"profile {profile!r}: choose fast, paper or an existing config YAML"
+                )
+            return load_config(profile, overrides=merged)
+        except ConfigError as error:
+            raise self.spec.error(loc, str(error)) from None
+
+    def add(self, job: Job) -> Job:
+        self.jobs.setdefault(job.id, job)
+        return self.jobs[job.id]
+
+    def _check_size(self, size: int | None, facts: DatasetFacts, loc: tuple[Any, ...]) -> None:
+        if size is not None and not 2 <= size <= facts.pool_size:
+            raise self.spec.error(
+                loc, f"size {size} is outside 2..{facts.pool_size}, the pool of {facts.name!r}"
+            )
+
+    # ------------------------------------------------------------ pre-training
+
+    def pretrain_jobs(self, entry: PretrainEntry, index: int, target: str | None) -> list[Job]:
+        """The PT jobs of one entry (for ``target`` when it is leave-one-out)."""
+        loc = ("pretrain", index)
+        if (entry.data is None) == (entry.mpt is None):
+            raise self.spec.error(loc, "give exactly one of 'data' (one property) or 'mpt'")
+        if entry.leave_one_out and entry.mpt is None:
+            raise self.spec.error((*loc, "leave_one_out"), "applies to 'mpt' sources only")
+        datasets = [entry.data] if entry.data is not None else list(entry.mpt or [])
+        if entry.mpt is not None and len(set(datasets)) != len(datasets):
+            raise self.spec.error((*loc, "mpt"), f"datasets listed twice: {datasets}")
+        facts = [self.fact(name, (*loc, "data" if entry.data else "mpt")) for name in datasets]
+        label, excluded = entry.label, []
+        if entry.leave_one_out and target in datasets:
+            excluded = [target]
+            label = f"{entry.label}-no-{target}"
+        used = [f for f in facts if f.name not in excluded]
+        if not used:
+            raise self.spec.error((*loc, "mpt"), f"nothing left after leaving out {target!r}")
+        targets = self._targets()
+        jobs = []
+        for size in entry.sizes:
+            # MPT draws up to `size` per property: a smaller pool (pz: 847) gives all it has.
+            for fact in used if entry.mpt is None else []:
+                self._check_size(size, fact, (*loc, "sizes"))
+            for seed in entry.seeds:
+                extra: dict[str, Any] = {"seed": seed, "sampling": entry.sampling}
+                if entry.mpt is not None:
+                    extra["loss"] = _MPT_LOSS
+                config = self.config(loc, extra, {"epochs": entry.epochs}, entry.config)
+                settings = {
+                    "data": entry.data,
+                    "mpt": [f.name for f in used] if entry.mpt is not None else None,
+                    "size": size,
+                    "data_dir": self.spec.data_dir,
+                    "exclude_test_structures": entry.exclude_test_structures,
+                    # Single-property exclusion removes the FT targets' test crystals.
+                    "exclude_test_of": targets if entry.exclude_test_structures else [],
+                    "config": config.model_dump(mode="json"),
+                }
+                hashes = [f.sha256 for f in used]
+                if entry.exclude_test_structures and entry.data is not None:
+                    hashes += [self.fact(t, ("finetune",)).sha256 for t in targets]
+                structures = sum(min(size or f.pool_size, f.pool_size) for f in used)
+                atoms = sum(f.mean_atoms * min(size or f.pool_size, f.pool_size) for f in used)
+                job = Job(
+                    id=_job_id("pretrain", settings, hashes),
+                    kind="pretrain",
+                    target=label,
+                    source=label,
+                    settings=settings,
+                    size=size,
+                    pt_size=size,
+                    seed=seed,
+                    lr=config.lr,
+                    sampling=entry.sampling,
+                    profile=Path(self.spec.profile).name,
+                    epochs=config.epochs,
+                    structures=int(structures * (1 - config.val_fraction)),
+                    mean_atoms=atoms / max(structures, 1),
+                    test_structures=sum(
+                        f.test_size or int(f.pool_size * config.test_fraction) for f in used
+                    ),
+                    records_read=sum(f.pool_size + f.test_size for f in used),
+                )
+                jobs.append(self.add(job))
+        return jobs
+
+    def _targets(self) -> list[str]:
+        return sorted({t for grid in self.spec.finetune for t in grid.targets})
+
+    # ------------------------------------------------------------ scratch and fine-tuning
+
+    def subsets(self, grid: FinetuneGrid, index: int, target: str) -> list[tuple[int, int | None]]:
+        """(size, trial) pairs of one target, checked against its data."""
+        loc = ("finetune", index)
+        facts = self.fact(target, (*loc, "targets"))
+        pairs: list[tuple[int, int | None]] = []
+        for size in grid.sizes:
+            if self.spec.trials is None:
+                self._check_size(size, facts, (*loc, "sizes"))
+                pairs.append((size, None))
+                continue
+            if not facts.trials:
+                raise self.spec.error(
+                    (*loc, "targets"),
+                    f"{target!r} has no trials.json; drop 'trials' to draw seeded samples",
+                )
+            for trial in self.spec.trials:
+                if trial not in facts.trials:
+                    raise self.spec.error(
+                        ("trials",), f"trial {trial} not in {target!r}: {sorted(facts.trials)}"
+                    )
+                if size not in facts.trials[trial]:
+                    raise self.spec.error(
+                        (*loc, "sizes"),
+                        f"size {size} is not a subset of trial {trial} of {target!r}; "
+                        f"allowed: {list(facts.trials[trial])}",
+                    )
+                pairs.append((size, trial))
+        return pairs
+
+    def ft_settings(
+        self,
+        grid: FinetuneGrid,
+        index: int,
+        target: str,
+        size: int,
+        trial: int | None,
+        seed: int,
+        lr: float | None,
+    ) -> tuple[dict[str, Any], TrainConfig]:
+        extra = {"seed": seed, "lr": lr, "epochs": grid.epochs, "sampling": self.spec.sampling}
+        if self.facts[target].test_size == 0:  # no fixed test set: one held-out share for all
+            extra |= {"test_fraction": self.spec.test_fraction, "test_seed": self.spec.test_seed}
+        config = self.config(("finetune", index), extra, grid.config)
+        settings = {
+            "data": target,
+            "data_dir": self.spec.data_dir,
+            "trial": trial,
+            "size": size,
+            "config": config.model_dump(mode="json"),
+        }
+        return settings, config
+
+    def grid_jobs(self, grid: FinetuneGrid, index: int) -> None:
+        loc = ("finetune", index)
+        for position, strategy in enumerate(grid.strategies):
+            try:
+                parse_freeze(strategy)
+            except ConfigError as error:
+                raise self.spec.error((*loc, "strategies", position), str(error)) from None
+        labels = [e.label for e in self.spec.pretrain]
+        sources = grid.sources if grid.sources is not None else labels
+        for position, source in enumerate(sources):
+            if source not in labels:
+                raise self.spec.error(
+                    (*loc, "sources", position),
+                    f"unknown source {source!r}; the pretrain labels are {labels}",
+                )
+        entries = {e.label: (i, e) for i, e in enumerate(self.spec.pretrain)}
+        for source in sources:
+            if entries[source][1].mpt is not None and "reuse" in grid.heads:
+                raise self.spec.error(
+                    (*loc, "heads"),
+                    f"source {source!r} is a multi-property model: its head cannot be reused "
+                    "for one target; use heads: [new] or [deeper] (a separate finetune grid)",
+                )
+        for target in grid.targets:
+            facts = self.fact(target, (*loc, "targets"))
+            for size, trial in self.subsets(grid, index, target):
+                for seed in self.spec.seeds:
+                    for lr in grid.lrs:
+                        settings, config = self.ft_settings(
+                            grid, index, target, size, trial, seed, lr
+                        )
+                        common = {
+                            "target": target,
+                            "size": size,
+                            "trial": trial,
+                            "seed": seed,
+                            "lr": config.lr,
+                            "sampling": self.spec.sampling,
+                            "profile": Path(self.spec.profile).name,
+                            "epochs": config.epochs,
+                            "structures": int(size * (1 - config.val_fraction)),
+                            "mean_atoms": facts.mean_atoms,
+                            "records_read": facts.pool_size + facts.test_size,
+                            "test_structures": facts.test_size
+                            or int(facts.pool_size * config.test_fraction),
+                        }
+                        if self.spec.scratch:
+                            self.add(
+                                Job(
+                                    id=_job_id("scratch", settings, [facts.sha256]),
+                                    kind="scratch",
+                                    source="scratch",
+                                    settings=settings,
+                                    **common,
+                                )
+                            )
+                        for source in sources:
+                            i, entry = entries[source]
+                            for pt in self.pretrain_jobs(entry, i, target):
+                                self._finetunes(grid, settings, facts, pt, common)
+
+    def _finetunes(
+        self,
+        grid: FinetuneGrid,
+        settings: dict[str, Any],
+        facts: DatasetFacts,
+        pt: Job,
+        common: dict[str, Any],
+    ) -> None:
+        for strategy in grid.strategies:
+            for head in grid.heads:
+                ft = {**settings, "strategy": strategy, "head": head, "pt_job": pt.id}
+                self.add(
+                    Job(
+                        id=_job_id("finetune", ft, [facts.sha256]),
+                        kind="finetune",
+                        source=pt.source,
+                        settings=ft,
+                        depends_on=pt.id,
+                        pt_size=pt.size,
+                        strategy=strategy,
+                        head=head,
+                        # The leakage audit reads the PT data again and matches structures.
+                        **{**common, "records_read": common["records_read"] + 2 * pt.records_read},
+                    )
+                )
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def plan_study(spec: StudySpec) -> StudyPlan:
+    """Expand and check a spec.
+
+    Raises:
+        ConfigError: A key names something the data or matxfer does not have
+            (file, line, key and the allowed values in the message).
+    """
+    planner = _Planner(spec)
+    for index, grid in enumerate(spec.finetune):
+        planner.grid_jobs(grid, index)
+    for index, entry in enumerate(spec.pretrain):  # sources no grid uses are still trained
+        if not entry.leave_one_out:
+            planner.pretrain_jobs(entry, index, None)
+    jobs = list(planner.jobs.values())
+    order = {"pretrain": 0, "scratch": 1, "finetune": 2}
+    jobs.sort(key=lambda j: order[j.kind])  # stable: spec order within a kind
+    return StudyPlan(spec, jobs, planner.facts)
