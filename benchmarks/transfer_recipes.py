@@ -1,0 +1,247 @@
+"""Fine-tuning recipes against scratch, over seeds: which recipe makes transfer pay off.
+
+For one fine-tuning dataset and size (default: phonons, trial 1, size 100, the
+study's fixed test set, ``fast`` profile), each recipe is trained once per seed
+(the seed of the split, head initialisation and shuffling; the trial's records
+are the same for every seed) and the table gives, per recipe, mean ± standard
+deviation and the standard error (SE = std / √n) of test R² and MAE over the
+seeds, the mean change in R² and MAE against scratch with the SE of the
+paired differences (same seeds), and the minutes per run (training +
+validation epochs, from the run's log; they depend on the machine's load).
+``POOLED`` rows join one recipe's runs over several pre-training samples.
+
+A recipe is a pre-training source (:data:`PT_SOURCES`, ``None`` for scratch),
+:func:`matxfer.transfer.finetune.finetune` options and config overrides of the
+``fast`` profile (:data:`RECIPES`). Pre-trainings and runs are cached under
+``--out`` (``OUT/pt/<source>``, ``OUT/<data><size>/<recipe>/s<seed>``) and
+reused, so several processes (one per core, ``MATXFER_THREADS=1``) can each be
+given some recipes and a last one with ``--table-only`` prints the table.
+
+    MATXFER_THREADS=1 python benchmarks/transfer_recipes.py --out RUNS \\
+        --recipes scratch,ftdemo --seeds 0,1,2,3,4
+    python benchmarks/transfer_recipes.py --out RUNS --table-only
+    python benchmarks/transfer_recipes.py --out RUNS --data dc --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transfer import cached_run, finished, test_metrics  # noqa: E402  (benchmarks/transfer.py)
+
+
+@dataclass(frozen=True)
+class PTSource:
+    """A pre-training: dataset, records sampled (``None``: the whole pool), seed, epochs."""
+
+    data: str
+    size: int | None
+    seed: int
+    epochs: int
+
+    def describe(self) -> str:
+        return f"{self.data} {self.size or 'all'} (seed {self.seed}, {self.epochs} ep)"
+
+
+#: Pre-training sources. fe941: the study's pair-wise PT size, sampled from the fe pool
+#: (cells of 29 atoms on average); demo-fe: the 2,000 shipped cells of <= 12 atoms
+#: (1,800 train + validation after the seeded 10 % test hold-out), as in ``matxfer demo``.
+PT_SOURCES: dict[str, PTSource] = {
+    "fe941-s1": PTSource("fe", 941, 1, 50),
+    "demofe-s0": PTSource("demo-fe", None, 0, 20),
+    "demofe-s1": PTSource("demo-fe", None, 1, 20),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Scratch (``pt`` None) or fine-tuning from ``pt`` with ``finetune`` options."""
+
+    pt: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``matxfer demo``'s schedule at size 100: batches of 8, 40 epochs.
+_DEMO_SCHEDULE = {"batch_size": 8, "epochs": 40}
+
+#: Scratch; fine-tuning with the defaults (every layer, head reused, the scratch
+#: schedule) from each PT source; LP-FT and L2-SP; the demo's schedule.
+RECIPES: dict[str, Recipe] = {
+    "scratch": Recipe(None),
+    "ft": Recipe("fe941-s1"),
+    "ft-lpft10": Recipe("fe941-s1", {"probe_epochs": 10}),
+    "ft-l2sp0.1": Recipe("fe941-s1", {"l2sp": 0.1}),
+    "ftdemo": Recipe("demofe-s0"),
+    "ftdemo-s1": Recipe("demofe-s1"),
+    "ftdemo-lpft10": Recipe("demofe-s0", {"probe_epochs": 10}),
+    "scratch-b8e40": Recipe(None, config=_DEMO_SCHEDULE),
+    "ftdemo-b8e40": Recipe("demofe-s0", config=_DEMO_SCHEDULE),
+}
+#: Rows pooling one recipe over several pre-training samples.
+POOLED: dict[str, tuple[str, ...]] = {"ftdemo, both PT": ("ftdemo", "ftdemo-s1")}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, required=True, help="cache of PT and FT runs")
+    parser.add_argument("--data", default="ph", help="fine-tuning dataset (default: ph)")
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--trial", type=int, default=1)
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--recipes", default="scratch,ft", help=f"of: {', '.join(RECIPES)}")
+    parser.add_argument("--table-only", action="store_true", help="print cached runs only")
+    return parser.parse_args()
+
+
+def pretrain(name: str, out: Path, data_dir: str) -> Path:
+    """The (cached) pre-training run ``name`` of :data:`PT_SOURCES`."""
+    from matxfer.training import resolve_config, train
+
+    source = PT_SOURCES[name]
+    run_dir = out / "pt" / name
+    config = resolve_config("fast", {"seed": source.seed, "epochs": source.epochs})
+    return cached_run(
+        run_dir,
+        f"pre-training {name}: {source.describe()}",
+        lambda resume: train(
+            source.data,
+            run_dir,
+            config=config,
+            data_dir=data_dir,
+            size=source.size,
+            resume=resume,
+            progress=False,
+        ),
+    )
+
+
+def run_recipe(args: argparse.Namespace, name: str, seed: int) -> Path:
+    """Train recipe ``name`` at ``seed`` unless cached; returns its run directory."""
+    from matxfer.training import resolve_config, train
+    from matxfer.transfer.finetune import finetune
+
+    recipe = RECIPES[name]
+    data_dir = str(args.data_dir.resolve())
+    run_dir = args.out / f"{args.data}{args.size}" / name / f"s{seed}"
+    config = resolve_config("fast", {**recipe.config, "seed": seed})
+    data = {"data_dir": data_dir, "trial": args.trial, "size": args.size, "progress": False}
+    if recipe.pt is None:
+        return cached_run(
+            run_dir,
+            f"{name} s{seed}",
+            lambda resume: train(args.data, run_dir, config=config, resume=resume, **data),
+        )
+    pt_run = pretrain(recipe.pt, args.out, data_dir)
+    return cached_run(
+        run_dir,
+        f"{name} s{seed}",
+        # No leakage audit: it re-reads the pre-training pool each run and changes no number.
+        lambda resume: finetune(
+            args.data,
+            pt_run,
+            run_dir,
+            config=config,
+            resume=resume,
+            audit=False,
+            **recipe.options,
+            **data,
+        ),
+    )
+
+
+def run_minutes(run_dir: Path) -> float:
+    """Training + validation minutes of a run, from its per-epoch log."""
+    from matxfer.training.outputs import epoch_log
+
+    log = epoch_log(run_dir / "logs" / "csv")
+    return float(log["epoch_seconds"].sum()) / 60 if "epoch_seconds" in log else math.nan
+
+
+def mean_std_se(values: list[float]) -> tuple[float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std, std / math.sqrt(n)
+
+
+def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt: str) -> str:
+    """One table line: R² and MAE over ``runs`` ((seed, metrics) pairs), paired gains."""
+    r2 = mean_std_se([m["r2"] for _, m in runs])
+    mae = mean_std_se([m["mae"] for _, m in runs])
+    gains = []
+    for key in ("r2", "mae"):
+        paired = [m[key] - scratch[s][key] for s, m in runs if s in scratch]
+        if label == "scratch" or len(paired) < 2:
+            gains.append("-")
+            continue
+        mean, _, se = mean_std_se(paired)
+        gains.append(f"{mean:+.3f} ({se:.3f})")
+    minutes = sum(m["minutes"] for _, m in runs) / len(runs)
+    return (
+        f"{label:<17}{len(runs):>3}  {r2[0]:.3f}±{r2[1]:.3f} ({r2[2]:.3f})  "
+        f"{mae[0]:.3f}±{mae[1]:.3f} ({mae[2]:.3f})  {gains[0]:<17}{gains[1]:<17}"
+        f"{minutes:>7.1f}  {pt}"
+    )
+
+
+def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
+    """Mean ± std (SE) of test R² and MAE per recipe over the cached seeds, and the
+    mean (SE) of the paired differences to scratch at the same seeds."""
+    base = args.out / f"{args.data}{args.size}"
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for name in RECIPES:
+        done = {s: base / name / f"s{s}" for s in seeds if finished(base / name / f"s{s}")}
+        if done:
+            results[name] = {
+                s: {**test_metrics(d), "minutes": run_minutes(d)} for s, d in done.items()
+            }
+    print(f"\n{args.data}, trial {args.trial}, size {args.size}, fixed test set, fast profile")
+    print(
+        f"{'recipe':<17}{'n':>3}  {'R² mean±std (SE)':<21}{'MAE mean±std (SE)':<21}"
+        f"{'ΔR² (SE)':<17}{'ΔMAE (SE)':<17}{'min/run':>7}  PT source"
+    )
+    scratch = results.get("scratch", {})
+    for name, runs in results.items():
+        pt = RECIPES[name].pt
+        source = PT_SOURCES[pt].describe() if pt else "-"
+        print(_row(name, sorted(runs.items()), scratch, source))
+    for label, members in POOLED.items():
+        runs = [item for m in members for item in sorted(results.get(m, {}).items())]
+        if runs:
+            print(_row(label, runs, scratch, " + ".join(members)))
+    for name, source in PT_SOURCES.items():
+        run_dir = args.out / "pt" / name
+        if finished(run_dir):
+            r2 = test_metrics(run_dir)["r2"]
+            print(
+                f"PT {name}: {source.describe()}, test R² {r2:.3f}, {run_minutes(run_dir):.1f} min"
+            )
+
+
+def main() -> None:
+    args = parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        sys.exit(f"unknown --recipes {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if not args.table_only:
+        for name in names:
+            for seed in seeds:
+                run_recipe(args, name, seed)
+    print_table(args, seeds)
+
+
+if __name__ == "__main__":
+    main()
