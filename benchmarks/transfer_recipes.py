@@ -84,11 +84,15 @@ RECIPES: dict[str, Recipe] = {
     "ftdemo": Recipe("demofe-s0"),
     "ftdemo-s1": Recipe("demofe-s1"),
     "ftdemo-lpft10": Recipe("demofe-s0", {"probe_epochs": 10}),
+    "ftdemo-s1-lpft10": Recipe("demofe-s1", {"probe_epochs": 10}),
     "scratch-b8e40": Recipe(None, config=_DEMO_SCHEDULE),
     "ftdemo-b8e40": Recipe("demofe-s0", config=_DEMO_SCHEDULE),
 }
 #: Rows pooling one recipe over several pre-training samples.
-POOLED: dict[str, tuple[str, ...]] = {"ftdemo, both PT": ("ftdemo", "ftdemo-s1")}
+POOLED: dict[str, tuple[str, ...]] = {
+    "ftdemo, both PT": ("ftdemo", "ftdemo-s1"),
+    "ftdemo-lpft10, both PT": ("ftdemo-lpft10", "ftdemo-s1-lpft10"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -189,7 +193,7 @@ def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt
         gains.append(f"{mean:+.3f} ({se:.3f})")
     minutes = sum(m["minutes"] for _, m in runs) / len(runs)
     return (
-        f"{label:<17}{len(runs):>3}  {r2[0]:.3f}±{r2[1]:.3f} ({r2[2]:.3f})  "
+        f"{label:<23}{len(runs):>3}  {r2[0]:.3f}±{r2[1]:.3f} ({r2[2]:.3f})  "
         f"{mae[0]:.3f}±{mae[1]:.3f} ({mae[2]:.3f})  {gains[0]:<17}{gains[1]:<17}"
         f"{minutes:>7.1f}  {pt}"
     )
@@ -208,7 +212,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
             }
     print(f"\n{args.data}, trial {args.trial}, size {args.size}, fixed test set, fast profile")
     print(
-        f"{'recipe':<17}{'n':>3}  {'R² mean±std (SE)':<21}{'MAE mean±std (SE)':<21}"
+        f"{'recipe':<23}{'n':>3}  {'R² mean±std (SE)':<21}{'MAE mean±std (SE)':<21}"
         f"{'ΔR² (SE)':<17}{'ΔMAE (SE)':<17}{'min/run':>7}  PT source"
     )
     scratch = results.get("scratch", {})
