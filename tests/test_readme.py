@@ -34,3 +34,22 @@ def test_ci_lints_before_the_tests() -> None:
     steps = [step.strip() for step in _readme_commands()[1].split("&&")]
     assert steps[-1] == "pytest"
     assert steps[-2] == "ruff check matxfer tests benchmarks scripts"
+
+
+def test_ci_full_mode_runs_the_slow_tests_too() -> None:
+    """`bash .ci/run --full` sets PYTEST_ADDOPTS so that the slow tests are collected."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    found = re.search(r'PYTEST_ADDOPTS="\$\{PYTEST_ADDOPTS:-\} (.+)"', ci)
+    assert found and '"${1:-}" = "--full"' in ci
+    target = "tests/transfer/test_demo.py"
+    env = {**os.environ, "PYTEST_ADDOPTS": found.group(1)}
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", target]
+    full = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    default = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert "test_full_demo_fine_tuning_beats_scratch_at_100" in full.stdout
+    assert "test_full_demo_fine_tuning_beats_scratch_at_100" not in default.stdout

@@ -56,6 +56,7 @@ class Calibration:
         seconds_per_atom_epoch: Training time per atom per epoch.
         seconds_per_record: Reading and validating, per record read.
         overhead_seconds: Fixed cost of a job.
+        startup_seconds: Start of a worker process (imports), once per worker.
         device: ``cpu`` or ``cuda``.
         threads: CPU threads of the measurement.
         measured: When (ISO time), on which host.
@@ -66,6 +67,7 @@ class Calibration:
     seconds_per_atom_epoch: float
     seconds_per_record: float
     overhead_seconds: float
+    startup_seconds: float
     device: str
     threads: int
     measured: str
@@ -157,6 +159,7 @@ def calibrate(
         "seconds_per_atom_epoch": per_atom,
         "seconds_per_record": per_record,
         "overhead_seconds": overhead,
+        "startup_seconds": _startup_seconds(),
         "device": device,
         "threads": threads,
         "measured": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} on "
@@ -167,6 +170,20 @@ def calibrate(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(stored, indent=1) + "\n")
     return Calibration(**entry, key=key)
+
+
+def _startup_seconds() -> float:
+    """Seconds a fresh worker process takes to import what a job needs."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import matxfer.study.execute, matxfer.training.run"],
+        check=False,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
 
 
 def _reading_seconds() -> float:
@@ -228,7 +245,7 @@ class Estimate:
 
     Attributes:
         job_seconds: Job id → estimated seconds.
-        wall_seconds: Simulated wall time with the given workers.
+        wall_seconds: Simulated wall time with the given workers, their start included.
         core_hours: Σ seconds × threads / 3600 (CPU jobs).
         gpu_hours: Σ seconds × GPUs per job / 3600 (GPU jobs).
         calibrations: Model key → the calibration used.
@@ -279,10 +296,11 @@ def estimate(
             calibrations[key] = found
         seconds[job.id] = calibrations[key].job_seconds(job)
     gpu = any(c.device == "cuda" for c in calibrations.values())
+    startup = [c.startup_seconds for c in calibrations.values()]
     total = sum(seconds.values())
     return Estimate(
         seconds,
-        simulate_wall(plan, seconds, workers),
+        simulate_wall(plan, seconds, workers) + max(startup, default=0.0),
         0.0 if gpu else total * threads / 3600,
         total / 3600 if gpu else 0.0,
         calibrations,
