@@ -25,7 +25,7 @@ from typing import Any, Literal
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.study.datasets import DatasetFacts, dataset_facts
 from matxfer.study.spec import FinetuneGrid, PretrainEntry, StudySpec
-from matxfer.training.config import TrainConfig, load_config, resolve_config
+from matxfer.training.config import TrainConfig, load_config, merge_nested, resolve_config
 from matxfer.transfer.freeze import parse_freeze
 
 JobKind = Literal["pretrain", "scratch", "finetune"]
@@ -192,7 +192,7 @@ class _Planner:
     def config(self, loc: tuple[Any, ...], *overrides: dict[str, Any]) -> TrainConfig:
         merged: dict[str, Any] = {}
         for update in (self.spec.config, *overrides):
-            merged = _merge(merged, {k: v for k, v in update.items() if v is not None})
+            merged = merge_nested(merged, {k: v for k, v in update.items() if v is not None})
         profile = self.spec.profile
         try:
             if profile in ("fast", "paper"):
@@ -427,16 +427,6 @@ class _Planner:
                         **{**common, "records_read": common["records_read"] + 2 * pt.records_read},
                     )
                 )
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def plan_study(spec: StudySpec) -> StudyPlan:

@@ -190,12 +190,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Nested dict update: sections (``model``, ``graph``) merge key by key."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_nested(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -233,7 +233,7 @@ def resolve_config(
     name = profile or overrides.get("profile") or "paper"
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    values = _merge({**PROFILES[name], "profile": name}, overrides)
+    values = merge_nested({**PROFILES[name], "profile": name}, overrides)
     values["profile"] = name
     try:
         return TrainConfig.model_validate(values)
@@ -277,7 +277,7 @@ def load_config(
         ConfigError: Any invalid key or value, naming it and the file.
     """
     file_values = read_config_file(path) if path is not None else {}
-    merged = _merge(file_values, overrides or {})
+    merged = merge_nested(file_values, overrides or {})
     if path is None:
         source = "options" if overrides else "config"
     else:
