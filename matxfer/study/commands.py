@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -17,6 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from matxfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matxfer.study.jobs import Job, StudyPlan
+    from matxfer.study.spec import StudySpec
 
 study_app = typer.Typer(
     help="Declarative pre-train / fine-tune studies: plan, run (local or Ray), report.",
@@ -41,13 +45,13 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _print_estimate(plan, workers: int, skip: set[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+def _print_estimate(jobs: list[Job], workers: int) -> None:
     from matxfer.study.cost import estimate
     from matxfer.study.executors import threads_per_job
 
     threads = threads_per_job(workers)
     console.print(f"estimating cost ({workers} worker(s) × {threads} thread(s)) ...")
-    found = estimate(plan, workers, threads, skip)
+    found = estimate(jobs, workers, threads)
     if found is None:
         return
     console.print(
@@ -91,10 +95,10 @@ def plan_command(
     for pt, waiting in plan.dependants().items():
         console.print(f"{names[pt]}: {len(waiting)} fine-tuning(s) wait for it")
     if estimate:
-        _print_estimate(plan, workers)
+        _print_estimate(plan.jobs, workers)
 
 
-def _save_spec(spec, study_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _save_spec(spec: StudySpec, study_dir: Path) -> None:
     from matxfer.atomic import write_text_atomic
     from matxfer.study.spec import SPEC_COPY
 
@@ -103,7 +107,15 @@ def _save_spec(spec, study_dir: Path) -> None:  # type: ignore[no-untyped-def]
     write_text_atomic(study_dir / SPEC_COPY, text)
 
 
-def _run(plan, out: Path, executor: str, workers: int, address, gpus, max_hours) -> None:  # type: ignore[no-untyped-def]
+def _run(
+    plan: StudyPlan,
+    out: Path,
+    executor: str,
+    workers: int,
+    address: str | None,
+    gpus: float,
+    max_hours: float | None,
+) -> None:
     from matxfer.study.executors import run_study
 
     summary = run_study(
@@ -169,7 +181,6 @@ def status_command(study_dir: StudyDirArgument) -> None:
     from matxfer.locking import DirectoryLock
     from matxfer.study.cost import estimate
     from matxfer.study.executors import RUNNING_DIR, read_study_file
-    from matxfer.study.jobs import StudyPlan
     from matxfer.study.store import read_results
 
     study, jobs = read_study_file(study_dir)
@@ -194,9 +205,8 @@ def status_command(study_dir: StudyDirArgument) -> None:
         console.print("no `study run` is active on this directory")
     for row in frame[frame["status"] == "failed"].itertuples():
         console.print(f"failed {row.kind} {row.job_id}: {row.error}")
-    plan = StudyPlan(None, jobs, {})  # type: ignore[arg-type]
     workers = max(1, len(running))
-    left = estimate(plan, workers, _threads(workers), skip=set(stored), measure=False)
+    left = estimate(jobs, workers, _threads(workers), skip=set(stored), measure=False)
     todo = [j for j in jobs if j.id not in stored]
     if not todo:
         console.print(f"all {len(jobs)} jobs stored")

@@ -31,12 +31,13 @@ import platform
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matxfer.study.datasets import dataset_facts
-from matxfer.study.jobs import Job, StudyPlan
+from matxfer.study.jobs import Job
 
 CALIBRATION_FILE = "study_calibration.json"
 #: Data, structures and epochs of the calibration run.
@@ -258,11 +259,11 @@ class Estimate:
     calibrations: dict[str, Calibration]
 
 
-def simulate_wall(plan: StudyPlan, seconds: dict[str, float], workers: int) -> float:
+def simulate_wall(jobs: Sequence[Job], seconds: dict[str, float], workers: int) -> float:
     """Wall time of list scheduling in plan order, fine-tunings after their pre-training."""
     free = [0.0] * max(1, workers)
     finish: dict[str, float] = {}
-    for job in plan.jobs:  # pre-trainings come first in a plan
+    for job in jobs:  # pre-trainings come first in a plan
         worker_free = heapq.heappop(free)
         ready = finish.get(job.depends_on, 0.0) if job.depends_on else 0.0
         end = max(worker_free, ready) + seconds[job.id]
@@ -272,18 +273,18 @@ def simulate_wall(plan: StudyPlan, seconds: dict[str, float], workers: int) -> f
 
 
 def estimate(
-    plan: StudyPlan,
+    jobs: Sequence[Job],
     workers: int,
     threads: int,
     skip: set[str] | None = None,
     measure: bool = True,
 ) -> Estimate | None:
-    """Estimated cost of the jobs of ``plan`` not in ``skip``, calibrating models as needed
+    """Estimated cost of the ``jobs`` (in plan order) not in ``skip``, calibrating models as needed
     (``measure=False``: only from stored calibrations; ``None`` when one is missing)."""
     skip = skip or set()
     calibrations: dict[str, Calibration] = {}
     seconds: dict[str, float] = {}
-    for job in plan.jobs:
+    for job in jobs:
         if job.id in skip:
             seconds[job.id] = 0.0
             continue
@@ -300,7 +301,7 @@ def estimate(
     total = sum(seconds.values())
     return Estimate(
         seconds,
-        simulate_wall(plan, seconds, workers) + max(startup, default=0.0),
+        simulate_wall(jobs, seconds, workers) + max(startup, default=0.0),
         0.0 if gpu else total * threads / 3600,
         total / 3600 if gpu else 0.0,
         calibrations,

@@ -171,8 +171,8 @@ def test_wall_time_simulation_waits_for_pretraining(tmp_path: Path) -> None:
     plan = plan_study(load_spec(write(tmp_path, BASE)))
     seconds = {j.id: (10.0 if j.kind == "pretrain" else 1.0) for j in plan.jobs}
     # Two workers: scratch runs beside the PT; 8 FT jobs after it, two at a time.
-    assert simulate_wall(plan, seconds, 2) == pytest.approx(14.0)
-    assert simulate_wall(plan, seconds, 1) == pytest.approx(22.0)
+    assert simulate_wall(plan.jobs, seconds, 2) == pytest.approx(14.0)
+    assert simulate_wall(plan.jobs, seconds, 1) == pytest.approx(22.0)
     calibration = Calibration(0.01, 1e-4, 1e-3, 5.0, 4.0, "cpu", 1, "now", "key")
     job = plan.jobs[1]  # scratch, size 20: 18 training structures, batch 16
     train = 2 * 0.01 + 18 * job.mean_atoms * 1e-4
