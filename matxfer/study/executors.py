@@ -43,7 +43,7 @@ from matxfer.errors import ConfigError, MatxferError
 from matxfer.locking import DirectoryLock
 from matxfer.study.execute import run_job
 from matxfer.study.jobs import Job, StudyPlan
-from matxfer.study.store import finished_ids, read_results, write_result
+from matxfer.study.store import read_results, write_result
 
 ExecutorName = Literal["local", "ray"]
 RUNNING_DIR = "running"
@@ -71,10 +71,10 @@ class RunSummary:
 
 
 def cpu_cores() -> int:
-    """Cores this process may use."""
-    from matxfer.training.threads import allowed_cores
+    """Cores this process may use (affinity and cgroup quota)."""
+    from matxfer.training.threads import usable_cores
 
-    return max(1, len(allowed_cores()))
+    return usable_cores()
 
 
 def threads_per_job(workers: int) -> int:
@@ -87,17 +87,22 @@ def job_payload(job: Job, study_dir: Path) -> dict[str, Any]:
     return {**job.describe(), "settings": job.settings, "run_dir": str(job.run_dir(study_dir))}
 
 
-def _failed_dependency(job: Job, pt_row: dict[str, Any]) -> dict[str, Any]:
+def failed_row(job: Job, error: str) -> dict[str, Any]:
+    """The result row of a job that failed before or outside :func:`run_job`."""
     import datetime as dt
 
     return {
         **job.describe(),
         "status": "failed",
-        "error": f"pre-training job {job.depends_on} failed: {pt_row.get('error')}",
+        "error": error,
         "settings": json.dumps(job.settings, sort_keys=True, default=str),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
     }
+
+
+def _failed_dependency(job: Job, pt_row: dict[str, Any]) -> dict[str, Any]:
+    return failed_row(job, f"pre-training job {job.depends_on} failed: {pt_row.get('error')}")
 
 
 def write_study_file(plan: StudyPlan, study_dir: Path) -> None:
@@ -193,15 +198,14 @@ class _Scheduler:
     ) -> None:
         self.plan, self.study_dir, self.echo, self.deadline = plan, study_dir, echo, deadline
         self.jobs = plan.by_id()
-        stored = finished_ids(study_dir)
-        self.status: dict[str, str] = {j: s for j, s in stored.items() if j in self.jobs}
-        self.todo = [job for job in plan.jobs if job.id not in self.status]
-        self.summary = RunSummary(skipped=len(self.status))
         self.rows = {
             row["job_id"]: row
             for row in read_results(study_dir).to_dict("records")
             if row["job_id"] in self.jobs
         }
+        self.status: dict[str, str] = {job_id: row["status"] for job_id, row in self.rows.items()}
+        self.todo = [job for job in plan.jobs if job.id not in self.status]
+        self.summary = RunSummary(skipped=len(self.status))
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -252,14 +256,7 @@ class _Scheduler:
 
 def _died(scheduler: _Scheduler, job_id: str, exitcode: int | None) -> None:
     job = scheduler.jobs[job_id]
-    scheduler.record(
-        {
-            **job.describe(),
-            "status": "failed",
-            "error": f"worker process died (exit code {exitcode})",
-            "settings": json.dumps(job.settings, sort_keys=True, default=str),
-        }
-    )
+    scheduler.record(failed_row(job, f"worker process died (exit code {exitcode})"))
 
 
 def _run_local(scheduler: _Scheduler, workers: int, threads: int) -> None:
@@ -375,7 +372,7 @@ def _run_ray(
             try:
                 row = ray.get(ref)
             except Exception as error:  # the task itself died (node lost, OOM)
-                row = {**job.describe(), "status": "failed", "error": f"Ray task failed: {error}"}
+                row = failed_row(job, f"Ray task failed: {error}")
             if "__failed_dependency__" in row:
                 row = _failed_dependency(job, row["__failed_dependency__"])
             scheduler.record(row)

@@ -83,12 +83,6 @@ def read_results(study_dir: str | Path) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas()
 
 
-def finished_ids(study_dir: str | Path) -> dict[str, str]:
-    """Job id → status (``done`` or ``failed``) of every stored job."""
-    frame = read_results(study_dir)
-    return dict(zip(frame["job_id"], frame["status"], strict=True))
-
-
 def forget(study_dir: str | Path, job_ids: list[str]) -> None:
     """Remove the stored rows of ``job_ids`` (``study retry``), so they run again."""
     for job_id in job_ids:

@@ -146,6 +146,12 @@ def _thread_override() -> int | None:
     return None
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its affinity, within the cgroup CPU quota (at least 1)."""
+    cores = len(allowed_cores())
+    return max(1, min(cores, cgroup_cpu_limit() or cores))
+
+
 def use_idle_cores(preferred: int | None = None) -> int:
     """Set torch's thread count to the idle allowed cores, within the cgroup CPU quota
     (at least 1); returns it.
@@ -157,7 +163,7 @@ def use_idle_cores(preferred: int | None = None) -> int:
     threads = _thread_override() or preferred
     if threads is None:
         cores = allowed_cores()
-        usable = min(len(cores), cgroup_cpu_limit() or len(cores))
+        usable = usable_cores()
         threads = min(usable, len(cores) - busy_cores(cores)) if usable > 1 else 1
         threads = max(1, threads)
     torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import lock_held_elsewhere
 from typer.testing import CliRunner
 
 from matxfer.cli import app
@@ -158,30 +159,16 @@ def test_failures_are_recorded_the_others_go_on_and_retry_reruns_them(
     assert len(frame) == 3 and set(frame["status"]) == {"done"}
 
 
-HOLD_LOCK = """
-import sys
-from matxfer.locking import DirectoryLock
-DirectoryLock(sys.argv[1], purpose="study").acquire()
-print("locked", flush=True)
-sys.stdin.read()
-"""
-
-
 def test_second_driver_on_the_same_directory_is_refused(
     tmp_path: Path, tiny_spec: SpecMaker
 ) -> None:
     plan = plan_study(load_spec(tiny_spec()))
     out = tmp_path / "study"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    with lock_held_elsewhere(out, purpose="study") as holder:
         with pytest.raises(LockHeldError, match=f"pid {holder.pid} on host"):
             run_study(plan, out, echo=lambda _: None)
         result = CliRunner().invoke(app, ["study", "status", str(tmp_path / "nothing")])
         assert result.exit_code != 0 and "not a study directory" in str(result.exception)
-    finally:
         holder.kill()
         holder.wait()
     lock = DirectoryLock(out, purpose="study")
