@@ -54,14 +54,19 @@ def metric_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _test_records(targets: list[str], data_dir: str | None) -> list:
-    """The fixed test records of the FT targets (for leakage exclusion)."""
+def _test_records(
+    targets: list[str], data_dir: str | None, held_out: dict[str, Any] | None = None
+) -> list:
+    """The test records of the FT targets (for leakage exclusion): their fixed test sets,
+    or, for a target without one, the share its FT jobs hold out (``held_out``:
+    the spec's ``test_fraction`` and ``test_seed``)."""
     from matxfer.training.config import TrainConfig
     from matxfer.training.inputs import prepare_splits
 
+    config = TrainConfig(**(held_out or {}))
     records = []
     for target in targets:
-        records += prepare_splits(target, TrainConfig(), data_dir=data_dir).test
+        records += prepare_splits(target, config, data_dir=data_dir).test
     return records
 
 
@@ -95,7 +100,7 @@ def _train(settings: dict[str, Any], kind: str, out: Path, pt_dir: Path | None) 
         from matxfer.transfer.pretrained import excluded_splits
 
         spec = {"data": settings["data"], "data_dir": data_dir, "size": settings.get("size")}
-        exclude = _test_records(settings["exclude_test_of"], data_dir)
+        exclude = _test_records(settings["exclude_test_of"], data_dir, settings.get("held_out"))
         splits, _ = excluded_splits(spec, config, exclude)
         return train(splits, out, config=config, **common)
     options = {"data_dir": data_dir, "trial": settings.get("trial"), "size": settings.get("size")}
@@ -114,6 +119,19 @@ def _train(settings: dict[str, Any], kind: str, out: Path, pt_dir: Path | None) 
             **common,
         )
     return train(settings["data"], out, config=config, **options, **common)
+
+
+def _earlier_attempts_seconds(out: Path) -> float:
+    """Training seconds an interrupted attempt left in ``out``'s last checkpoint, so that a
+    resumed job's ``seconds`` is its whole cost, not just the part after the restart."""
+    from matxfer.training.run import trained_seconds
+    from matxfer.training.rundir import LAST_CHECKPOINT
+
+    last = out / LAST_CHECKPOINT
+    try:
+        return trained_seconds(last) if last.is_file() else 0.0
+    except Exception:  # an unreadable checkpoint is _train's to report, not the timer's
+        return 0.0
 
 
 def _one_line(error: BaseException) -> str:
@@ -175,9 +193,10 @@ def run_job(
             seconds = math.nan  # trained by an earlier, interrupted attempt
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
+            earlier = _earlier_attempts_seconds(out)
             metrics = _train(job["settings"], job["kind"], out, Path(pt_dir) if pt_dir else None)
             metrics = metrics.metrics
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + earlier
         info = read_run_info(out, required=False)
         row.update(metric_columns(metrics), status="done", error=None, seconds=seconds)
         row["threads"] = info.get("cpu_threads") or 0

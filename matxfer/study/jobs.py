@@ -256,6 +256,13 @@ class _Planner:
                     "exclude_test_of": targets if entry.exclude_test_structures else [],
                     "config": config.model_dump(mode="json"),
                 }
+                if entry.exclude_test_structures and any(
+                    self.fact(t, ("finetune",)).test_size == 0 for t in targets
+                ):  # the crystals the FT jobs hold out (ft_settings) are the ones to exclude
+                    settings["held_out"] = {
+                        "test_fraction": self.spec.test_fraction,
+                        "test_seed": self.spec.test_seed,
+                    }
                 hashes = [f.sha256 for f in used]
                 if entry.exclude_test_structures and entry.data is not None:
                     hashes += [self.fact(t, ("finetune",)).sha256 for t in targets]

@@ -94,14 +94,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochTimer(Callback):
-    """Logs ``epoch_seconds``: wall time of each training epoch, validation included."""
+    """Logs ``epoch_seconds``: wall time of each training epoch, validation included.
+
+    The running total is kept in the checkpoint (``total_seconds``), so a run resumed
+    after a kill still knows how long its earlier attempts trained (see
+    :func:`trained_seconds`).
+    """
+
+    def __init__(self) -> None:
+        self.total_seconds = 0.0
+        self._start: float | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._start is not None
         seconds = time.perf_counter() - self._start
+        self.total_seconds += seconds
+        self._start = None
         pl_module.log("epoch_seconds", seconds, on_epoch=True, sync_dist=True)
+
+    def state_dict(self) -> dict[str, float]:
+        # Checkpoints are written after validation, inside the epoch: count it so far.
+        running = 0.0 if self._start is None else time.perf_counter() - self._start
+        return {"total_seconds": self.total_seconds + running}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total_seconds = float(state_dict.get("total_seconds", 0.0))
+
+
+def trained_seconds(checkpoint: Path) -> float:
+    """Seconds of training epochs a checkpoint's run had done (0 when it does not say)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    timer = state.get("callbacks", {}).get(EpochTimer.__qualname__, {})
+    return float(timer.get("total_seconds", 0.0))
 
 
 class _DropLightningChatter(logging.Filter):
@@ -390,8 +417,8 @@ def _fit(
     param_groups: ParamGroups | None,
 ) -> dict[str, Any]:
     """Build graphs and the module, fit, test the best weights and write the outputs."""
-    graphs = {
-        split: labelled_graphs(records, splits.target_names, config.graph, progress)
+    graphs = {  # a prepared model of another architecture builds its own inputs
+        split: labelled_graphs(records, splits.target_names, config.graph, progress, model)
         for split, records in splits.parts().items()
     }
     transform = TargetTransform(config.target_transform, len(splits.target_names))

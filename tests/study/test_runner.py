@@ -30,6 +30,7 @@ from matxfer.study.jobs import StudyPlan, plan_study
 from matxfer.study.spec import load_spec
 from matxfer.study.store import COLUMNS, read_results
 from matxfer.training.outputs import epoch_log
+from matxfer.training.run import trained_seconds
 
 #: One PT, one scratch, one FT waiting for the PT.
 TINY = """\
@@ -201,12 +202,16 @@ def test_kill_9_in_the_middle_of_a_pretraining_then_rerun(
     assert not (out / "results" / f"{pt.id}.parquet").exists()
     checkpoint = torch.load(pt.run_dir(out) / "last.ckpt", weights_only=False)
     assert checkpoint["epoch"] + 1 < 6  # killed in the middle of the pre-training
+    killed_attempt = trained_seconds(pt.run_dir(out) / "last.ckpt")
+    assert killed_attempt > 0
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     frame = read_results(out)
     assert sorted(frame["job_id"]) == sorted(j.id for j in plan.jobs)  # each exactly once
     assert set(frame["status"]) == {"done"}
     assert frame.set_index("job_id").loc[pt.id, "epochs_trained"] == 6
+    # Its cost counts both attempts: the killed one's epochs and the resumed run.
+    assert frame.set_index("job_id").loc[pt.id, "seconds"] > killed_attempt
     log = epoch_log(pt.run_dir(out) / "logs" / "csv")  # the killed session's log too
     trained = log.dropna(subset=["train_mae"])["epoch"].astype(int).tolist()
     assert trained == list(range(6))  # resumed: every epoch trained and logged, once

@@ -187,3 +187,29 @@ def test_parse_spec_rejects_non_mapping() -> None:
         parse_spec("- 1\n- 2\n", "x.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_spec("a: [\n", "x.yaml")
+
+
+def test_pretraining_excludes_the_share_a_target_without_test_set_holds_out(
+    tmp_path: Path,
+) -> None:
+    from matxfer.study.execute import _test_records
+    from matxfer.training.config import TrainConfig
+    from matxfer.training.inputs import prepare_splits
+
+    folder = tmp_path / "notest"
+    folder.mkdir()
+    shutil.copy(DEMO_DIR / "ph" / "pool.json.gz", folder)
+    spec = BASE.replace("targets: [demo-ph]", f"targets: [{folder}]").replace(
+        "epochs: 2}", "epochs: 2, exclude_test_structures: true}"
+    )
+    spec += "test_fraction: 0.2\ntest_seed: 3\n"
+    plan = plan_study(load_spec(write(tmp_path, spec)))
+    pt = next(j for j in plan.jobs if j.kind == "pretrain")
+    ft = next(j for j in plan.jobs if j.kind == "finetune")
+    assert pt.settings["held_out"] == {"test_fraction": 0.2, "test_seed": 3}
+    ft_config = TrainConfig.model_validate(ft.settings["config"])
+    held_out_by_ft = prepare_splits(str(folder), ft_config, size=ft.settings["size"]).test
+    excluded = _test_records(pt.settings["exclude_test_of"], None, pt.settings["held_out"])
+    assert {r.id for r in excluded} == {r.id for r in held_out_by_ft}
+    default_share = _test_records(pt.settings["exclude_test_of"], None)
+    assert {r.id for r in default_share} != {r.id for r in held_out_by_ft}

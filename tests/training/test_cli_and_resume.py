@@ -14,6 +14,7 @@ import pytest
 from matxfer.cli import main
 from matxfer.training import TrainResult, load_model
 from matxfer.training.outputs import epoch_log
+from matxfer.training.run import trained_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,11 +57,17 @@ def test_resume_after_kill_reaches_the_uninterrupted_result(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_model(out / "last.ckpt").epoch == 1
     assert not (out / "metrics.json").exists()
+    killed_seconds = trained_seconds(out / "last.ckpt")  # epochs 0 and 1
     resumed = matxfer("train", tiny_data, "--out", out, "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "metrics.json").read_text()) == trained_run.metrics
     logged = epoch_log(out / "logs/csv").dropna(subset=["val_mae"])
     assert logged["epoch"].tolist() == [0, 1, 2]  # the log survived the kill
+    # The training time of the killed attempt is carried in the checkpoint and added to.
+    epoch_seconds = epoch_log(out / "logs/csv").dropna(subset=["epoch_seconds"])
+    first_two = epoch_seconds[epoch_seconds["epoch"] < 2]["epoch_seconds"]
+    assert first_two.iloc[0] < killed_seconds <= first_two.sum() + 1e-6
+    assert trained_seconds(out / "last.ckpt") > killed_seconds
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> int:
