@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from matxfer import cli_transfer
+from matxfer import cli_rank, cli_transfer
 from matxfer.cli_options import (
     BatchSizeOption,
     ConfigOption,
@@ -147,6 +147,13 @@ def train(
     progress: ProgressOption = None,
     devices: DevicesOption = None,
     ddp_strategy: DdpStrategyOption = None,
+    ensemble: Annotated[
+        int | None,
+        typer.Option(
+            help="Train K models on one split (seeds SEED..SEED+K-1) into OUT/member-<k>, "
+            "for `evaluate|predict OUT DATA --interval 0.9`."
+        ),
+    ] = None,
 ) -> None:
     """Train an ALIGNN model; writes checkpoints, metrics, predictions and plots to --out."""
     from matxfer.training import DataSpec, config_for_run
@@ -161,11 +168,21 @@ def train(
         "sampling": sampling,
     }
     flags.update(devices=devices, strategy=ddp_strategy)
-    resolved = config_for_run(config, profile, flags, out, resume)
+    from matxfer.uncertainty.members import first_member, train_ensemble
+
+    # An ensemble resumes with its member 0's config (its seed is the split's).
+    resolved = config_for_run(config, profile, flags, first_member(out, ensemble), resume)
     spec = DataSpec(
         data, test=test, data_dir=data_dir, trial=trial, size=size,
         target_key=target_key, format=format, skip_invalid=skip_invalid,
     )  # fmt: skip
+    if ensemble is not None:
+        members = train_ensemble(spec, out, resolved, ensemble, resume, overwrite, progress)
+        for member in members:
+            print_metrics(member["metrics"], ("train", "val", "test"), Path(member["run_dir"]))
+        console.print(f"{len(members)} members in {out}; intervals: matxfer evaluate {out} DATA "
+                      "--interval 0.9")  # fmt: skip
+        return
     result = run_training(
         spec,
         out,
@@ -177,8 +194,18 @@ def train(
     print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
 
 
-RunArgument = Annotated[Path, typer.Argument(help="Run directory, checkpoint or study folder.")]
+RunArgument = Annotated[
+    Path, typer.Argument(help="Run directory, checkpoint, ensemble (--ensemble) or study folder.")
+]
 SelectOption = Annotated[str | None, typer.Option(help="Study runs to average: ft=ph,pt=fe,...")]
+IntervalOption = Annotated[
+    float | None,
+    typer.Option(help="Conformal prediction intervals at this coverage, e.g. 0.9."),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(help="Labelled records no member trained on, to calibrate --interval on."),
+]
 
 
 @app.command()
@@ -192,13 +219,21 @@ def evaluate(
     target_key: TargetKeyOption = None,
     skip_invalid: SkipInvalidOption = False,
     select: SelectOption = None,
+    interval: IntervalOption = None,
+    calibration: CalibrationOption = None,
 ) -> None:
     """Metrics (R², MAE, RMSE) of a trained model on a labelled dataset; of the ensemble of
-    the runs --select picks when RUN is a study folder (e.g. --select 'ft=ph,pt=fe,size=800')."""
+    the runs --select picks when RUN is a study folder (e.g. --select 'ft=ph,pt=fe,size=800');
+    with --interval, the coverage of conformal intervals and a calibration plot too."""
     from matxfer.study.ensemble import study_command
     from matxfer.training import evaluate as run_evaluation
+    from matxfer.uncertainty.intervals import interval_command
 
     args = (run, data, select, out, format, target_key, skip_invalid)
+    uq = (run, data, select, out, interval, calibration, format, target_key, skip_invalid)
+    if (shown := interval_command("evaluate", *uq)) is not None:
+        console.print(shown)
+        return
     if (shown := study_command("evaluate", *args)) is not None:
         console.print(shown)
         return
@@ -216,13 +251,21 @@ def predict(
     target_key: TargetKeyOption = None,
     skip_invalid: SkipInvalidOption = False,
     select: SelectOption = None,
+    interval: IntervalOption = None,
+    calibration: CalibrationOption = None,
 ) -> None:
     """Predictions in original units for every structure of DATA; with a study folder as RUN,
-    the mean, std and members of the runs --select picks (e.g. 'ft=ph,pt=fe,size=800')."""
+    the mean, std and members of the runs --select picks (e.g. 'ft=ph,pt=fe,size=800');
+    with --interval, conformal lower and upper bounds too."""
     from matxfer.study.ensemble import study_command
     from matxfer.training import predict as run_prediction
+    from matxfer.uncertainty.intervals import interval_command
 
     args = (run, data, select, out, format, target_key, skip_invalid)
+    uq = (run, data, select, out, interval, calibration, format, target_key, skip_invalid)
+    if (shown := interval_command("predict", *uq)) is not None:
+        console.print(shown)
+        return
     if (shown := study_command("predict", *args)) is not None:
         console.print(shown)
         return
@@ -231,6 +274,7 @@ def predict(
 
 
 cli_transfer.register(app)
+cli_rank.register(app)
 
 
 def main() -> None:

@@ -132,7 +132,11 @@ def finetune(
     pretrained: Annotated[
         Path,
         typer.Option(
-            "--from", help="Pre-training run directory or checkpoint file.", show_default=False
+            "--from",
+            help="Pre-training run directory or checkpoint file, or a foundation model: "
+            # "\[": typer renders help with rich markup, where [chgnet] would be a tag.
+            'chgnet (CHGNet 0.4.2, MPtrj; pip install "matxfer\\[chgnet]").',
+            show_default=False,
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run directory to create (or resume).")],
@@ -145,12 +149,13 @@ def finetune(
         ),
     ] = "all",
     head: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="reuse (keep the pre-trained output layer), new "
-            "(fresh head) or deeper (fresh, more layers)."
+            help="reuse (keep the pre-trained output layer; the default), new "
+            "(fresh head; the default for a foundation model) or deeper (fresh, more layers).",
+            show_default=False,
         ),
-    ] = "reuse",
+    ] = None,
     head_output: Annotated[
         str | None,
         typer.Option(

@@ -18,6 +18,11 @@ class ConfigError(MatxferError):
     """A configuration value or command-line option is invalid."""
 
 
+class MissingDependencyError(MatxferError):
+    """An optional dependency a feature needs is not installed (the message says how to
+    install it)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem with one input record.

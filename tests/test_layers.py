@@ -1,6 +1,6 @@
 """matxfer's packages form layers: a module imports only its own layer or lower ones.
 
-data/graphs → models → training → transfer → study → cli, on a ground floor
+data/graphs → models → training → transfer → study → uncertainty → cli, on a ground floor
 (``paths``, ``errors``, ``atomic``, ``locking``, ``ranks`` and the package root for
 ``__version__``) that every layer may use and that imports nothing above itself.
 Within and across layers, modules import each other without circles.
@@ -34,11 +34,15 @@ LAYERS = {
     "training": 3,
     "transfer": 4,
     "study": 5,
-    "cli": 6,
-    # cli.py's shared options and its transfer commands, split off to keep modules short.
-    "cli_options": 6,
-    "cli_transfer": 6,
-    "__main__": 6,
+    # Intervals over ensembles of a study's runs, or of `train --ensemble` members.
+    "uncertainty": 6,
+    "cli": 7,
+    # cli.py's shared options and its transfer and ranking commands, split off to keep
+    # modules short.
+    "cli_options": 7,
+    "cli_transfer": 7,
+    "cli_rank": 7,
+    "__main__": 7,
 }
 
 

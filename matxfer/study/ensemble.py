@@ -32,9 +32,8 @@ import pandas as pd
 
 from matxfer.data.records import Record
 from matxfer.errors import MatxferError
-from matxfer.graphs.data import CrystalGraph
 from matxfer.study.selection import is_study_dir, select_runs, study_table
-from matxfer.training.inputs import graphs_of, records_to_predict
+from matxfer.training.inputs import model_inputs, records_to_predict
 from matxfer.training.metrics import metrics_by_target
 from matxfer.training.outputs import prediction_columns, predictions_frame, write_csv, write_json
 from matxfer.training.predictor import (
@@ -72,12 +71,16 @@ class Ensemble:
         """Every member's predictions ``[M, N, P]`` in original units."""
         ids = [r.id for r in records]
         structures = [r.structure for r in records]
-        graphs: dict[str, list[CrystalGraph]] = {}  # one build (or cache read) per setting
+        graphs: dict[tuple[str, str], list] = {}  # one build (or cache read) per setting
         stacked = []
         for predictor in self.predictors:
-            key = predictor.loaded.graph_config.model_dump_json()
+            loaded = predictor.loaded
+            # A model with its own inputs (e.g. CHGNet's graphs) keys them by its class.
+            key = (type(loaded.model).__qualname__, loaded.graph_config.model_dump_json())
             if key not in graphs:
-                graphs[key] = graphs_of(structures, predictor.loaded.graph_config, progress, ids)
+                graphs[key] = model_inputs(
+                    loaded.model, structures, loaded.graph_config, progress, ids
+                )
             stacked.append(predictor.predict_graphs(graphs[key], ids))
         return np.stack(stacked)
 
@@ -106,14 +109,28 @@ def load_ensemble(
             f"--select {selection!r} picks runs of {len(targets)} targets ({', '.join(targets)}); "
             "an ensemble averages one property: add ft=<target>"
         )
+    return ensemble_of(runs, f"{study_dir}")
+
+
+def ensemble_of(runs: pd.DataFrame, where: str) -> Ensemble:
+    """Load the best checkpoints of ``runs`` (columns ``job_id``, ``run_dir``) as an ensemble.
+
+    Args:
+        runs: One row per member.
+        where: What holds the runs (a study directory), for the errors.
+
+    Raises:
+        MatxferError: A run without a directory or checkpoint, or members with
+            different outputs.
+    """
     predictors = []
     for _, run in runs.iterrows():
         if pd.isna(run["run_dir"]):
-            raise MatxferError(f"run {run['job_id']} of {study_dir} has no run_dir in its results")
+            raise MatxferError(f"run {run['job_id']} of {where} has no run_dir in its results")
         try:
             predictors.append(load_predictor(run["run_dir"]))
         except MatxferError as error:
-            raise MatxferError(f"run {run['job_id']} of {study_dir}: {error}") from None
+            raise MatxferError(f"run {run['job_id']} of {where}: {error}") from None
     names = predictors[0].target_names
     for predictor, job in zip(predictors, runs["job_id"], strict=True):
         if len(predictor.target_names) != len(names) or (
@@ -211,6 +228,43 @@ def _selection_slug(selection: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", selection.replace("=", "-")).strip("_") or "all"
 
 
+def default_evaluation_path(study_dir: str | Path, selection: str, data: str | Path) -> Path:
+    """``STUDY/ensembles/eval_<selection>_<data>.json``: where an ensemble's evaluation goes."""
+    name = f"eval_{_selection_slug(selection)}_{dataset_name(data)}.json"
+    return Path(study_dir) / ENSEMBLE_DIR / name
+
+
+def ensemble_metrics(ensemble: Ensemble, labels: np.ndarray, members: np.ndarray) -> dict[str, Any]:
+    """``{"ensemble": {target: {"r2", "mae", "rmse", "n", "spearman_std_abs_error"}},
+    "members": [{"job_id", "run_dir", "metrics"}]}`` of member predictions ``[M, N, P]``
+    against ``labels`` ``[N, P]`` (original units; each member's ``transformed`` in its own
+    transform's units)."""
+    names = ensemble.target_names
+    mean, spread = members.mean(axis=0), members.std(axis=0)
+    metrics = metrics_by_target(labels, mean, names)
+    for k, name in enumerate(names):
+        metrics[name]["spearman_std_abs_error"] = spearman(
+            spread[:, k], np.abs(mean[:, k] - labels[:, k])
+        )
+    return {
+        "ensemble": metrics,
+        "members": [
+            {
+                "job_id": job,
+                "run_dir": str(run_dir),
+                "metrics": split_metrics(labels, predicted, predictor.loaded.transform, names),
+            }
+            for job, run_dir, predictor, predicted in zip(
+                ensemble.job_ids,
+                ensemble.runs["run_dir"],
+                ensemble.predictors,
+                members,
+                strict=True,
+            )
+        ],
+    }
+
+
 def evaluate_ensemble(
     study_dir: str | Path,
     data: str | Path,
@@ -243,40 +297,16 @@ def evaluate_ensemble(
     names = ensemble.target_names
     records, source, skipped, labels = read_labelled(data, names, format, target_key, skip_invalid)
     members = ensemble.member_predictions(records, progress)
-    mean, spread = members.mean(axis=0), members.std(axis=0)
-    metrics = metrics_by_target(labels, mean, names)
-    for k, name in enumerate(names):
-        metrics[name]["spearman_std_abs_error"] = spearman(
-            spread[:, k], np.abs(mean[:, k] - labels[:, k])
-        )
     result: dict[str, Any] = {
         "study": str(study_dir),
         "selection": selection,
         "data": source,
         "n": len(records),
         "skipped": skipped,
-        "ensemble": metrics,
-        "members": [
-            {
-                "job_id": job,
-                "run_dir": str(run_dir),
-                "metrics": split_metrics(labels, predicted, predictor.loaded.transform, names),
-            }
-            for job, run_dir, predictor, predicted in zip(
-                ensemble.job_ids,
-                ensemble.runs["run_dir"],
-                ensemble.predictors,
-                members,
-                strict=True,
-            )
-        ],
+        **ensemble_metrics(ensemble, labels, members),
     }
     if out is None:
-        out = (
-            Path(study_dir)
-            / ENSEMBLE_DIR
-            / f"eval_{_selection_slug(selection)}_{dataset_name(data)}.json"
-        )
+        out = default_evaluation_path(study_dir, selection, data)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

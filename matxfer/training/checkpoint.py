@@ -19,6 +19,7 @@ saving never leaves a truncated checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from matxfer import __version__
 from matxfer.atomic import atomic_path
 from matxfer.data.transforms import TargetTransform
 from matxfer.data.validate import describe_error
-from matxfer.errors import MatxferError
+from matxfer.errors import MatxferError, MissingDependencyError
 from matxfer.graphs.config import GraphConfig
 from matxfer.models import ALIGNN
 
@@ -40,6 +41,11 @@ from matxfer.models import ALIGNN
 CHECKPOINT_FORMAT = 1
 #: Model classes a checkpoint may name, by the name it stores.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"ALIGNN": ALIGNN}
+#: Model classes of optional dependencies, imported when a checkpoint names them (the
+#: module raises a one-line install hint when its dependency is missing).
+OPTIONAL_MODEL_CLASSES: dict[str, str] = {
+    "CHGNetRegressor": "matxfer.models.chgnet_backbone",
+}
 #: Checkpoint a run directory resolves to.
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
@@ -234,6 +240,23 @@ class LoadedModel:
     epoch: int | None = None
 
 
+def model_class_of(name: str, path: Path) -> type[nn.Module]:
+    """The model class a checkpoint names (importing an optional one on demand).
+
+    Raises:
+        MatxferError: Unknown name, or an optional class whose dependency is missing.
+    """
+    if name in OPTIONAL_MODEL_CLASSES:
+        return getattr(importlib.import_module(OPTIONAL_MODEL_CLASSES[name]), name)
+    model_class = MODEL_CLASSES.get(name)
+    if model_class is None:
+        raise MatxferError(
+            f"{path}: unknown model class {name!r}; this matxfer knows "
+            f"{sorted([*MODEL_CLASSES, *OPTIONAL_MODEL_CLASSES])}"
+        )
+    return model_class
+
+
 def load_model(run_or_ckpt: str | Path) -> LoadedModel:
     """Rebuild a model and its target transform from a checkpoint, strictly.
 
@@ -247,17 +270,14 @@ def load_model(run_or_ckpt: str | Path) -> LoadedModel:
     path = resolve_checkpoint(run_or_ckpt)
     checkpoint = read_checkpoint(path)
     info = checkpoint["matxfer"]
-    model_class = MODEL_CLASSES.get(info["model_class"])
-    if model_class is None:
-        raise MatxferError(
-            f"{path}: unknown model class {info.get('model_class')!r}; "
-            f"this matxfer knows {sorted(MODEL_CLASSES)}"
-        )
+    model_class = model_class_of(info["model_class"], path)
     try:
         model = model_class.from_config_dict(info["model_config"])  # type: ignore[attr-defined]
         model.load_state_dict(split_state_dict(checkpoint["state_dict"], "model"), strict=True)
         transform = TargetTransform.from_dict(info["transform"])
         graph_config = GraphConfig.model_validate(info["graph_config"])
+    except MissingDependencyError:  # an optional model's package: the install hint, as it is
+        raise
     except Exception as error:  # any bad value of a crafted payload, named with the file
         raise MatxferError(
             f"{path}: the weights do not match the stored model description "

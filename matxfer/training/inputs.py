@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ase import Atoms
 from pymatgen.core import Structure
@@ -41,6 +41,10 @@ from matxfer.graphs.data import CrystalGraph
 from matxfer.paths import graph_cache_dir
 from matxfer.training.config import TrainConfig
 from matxfer.training.loaders import with_targets
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch_geometric.data import Data
 
 #: Suffixes of single-structure files that ``predict`` reads without labels.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
@@ -378,14 +382,31 @@ def graphs_of(
     )
 
 
+def model_inputs(
+    model: nn.Module | None,
+    structures: Sequence[Structure],
+    graph_config: GraphConfig,
+    progress: bool = False,
+    ids: Sequence[str] | None = None,
+) -> list[Data]:
+    """The inputs ``model`` reads: its own ``featurize(structures, progress, ids)`` when it
+    has one (another architecture's graphs, e.g. CHGNet's), else ALIGNN's graphs built
+    with ``graph_config`` (:func:`graphs_of`)."""
+    featurize = getattr(model, "featurize", None)
+    if callable(featurize):
+        return featurize(list(structures), progress=progress, ids=ids)
+    return graphs_of(structures, graph_config, progress, ids)
+
+
 def labelled_graphs(
     records: Sequence[Record],
     names: Sequence[str],
     graph_config: GraphConfig,
     progress: bool = False,
+    model: nn.Module | None = None,
 ) -> list[CrystalGraph]:
-    """Graphs of ``records`` carrying their targets as ``y`` ``[1, P]`` (original units)."""
-    graphs = graphs_of(
-        [r.structure for r in records], graph_config, progress, [r.id for r in records]
-    )
+    """Graphs of ``records`` carrying their targets as ``y`` ``[1, P]`` (original units);
+    ``model``: build the inputs it reads (see :func:`model_inputs`; default: ALIGNN's)."""
+    structures = [r.structure for r in records]
+    graphs = model_inputs(model, structures, graph_config, progress, [r.id for r in records])
     return with_targets(graphs, records, names)

@@ -18,6 +18,7 @@ import torch
 from ase import Atoms
 from pymatgen.core import Structure
 from torch import nn
+from torch_geometric.data import Data
 
 from matxfer.data.records import Record
 from matxfer.data.transforms import TargetTransform
@@ -26,7 +27,7 @@ from matxfer.graphs.data import CrystalGraph
 from matxfer.training.checkpoint import LoadedModel, load_model
 from matxfer.training.inputs import (
     checked_structures,
-    graphs_of,
+    model_inputs,
     read_records,
     records_to_predict,
 )
@@ -156,13 +157,19 @@ class Predictor:
         if isinstance(structures, Structure | Atoms):
             structures = [structures]
         converted = checked_structures(structures, self.loaded.graph_config, ids)
-        graphs = graphs_of(converted, self.loaded.graph_config, progress=progress, ids=ids)
-        return self.predict_graphs(graphs, ids)
+        return self.predict_graphs(self._inputs(converted, progress, ids), ids)
+
+    def _inputs(
+        self, structures: Sequence[Structure], progress: bool, ids: Sequence[str] | None
+    ) -> list[Data]:
+        """The model's input graphs (see :func:`~matxfer.training.inputs.model_inputs`)."""
+        loaded = self.loaded
+        return model_inputs(loaded.model, structures, loaded.graph_config, progress, ids)
 
     def predict_records(self, records: Sequence[Record], progress: bool = False) -> np.ndarray:
         """Predictions ``[N, P]`` in original units for records."""
         ids = [r.id for r in records]
-        graphs = graphs_of([r.structure for r in records], self.loaded.graph_config, progress, ids)
+        graphs = self._inputs([r.structure for r in records], progress, ids)
         return self.predict_graphs(graphs, ids)
 
 

@@ -19,6 +19,10 @@ of it in ``RUN/transfer.json``.
   :func:`~matxfer.transfer.freeze.apply_freeze`).
 * **Leakage audit**: how many fine-tuning test and training crystals occur in
   the pre-training records (:mod:`~matxfer.transfer.pretrained`).
+* **Foundation models** (``pretrained="chgnet"``, :mod:`~matxfer.transfer.foundation`)
+  bring their own architecture and graphs: the config's model and graph sections
+  are left as they are (unused), ``transfer.json`` and the checkpoint describe the
+  model, and the leakage entry carries the source's note instead of an audit.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from matxfer.data.records import Record
-from matxfer.errors import ConfigError, MatxferError
+from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
 from matxfer.locking import locks_directory
-from matxfer.models.mlp import MLPHead
+from matxfer.models import ALIGNN
 from matxfer.training.checkpoint import (
     LoadedModel,
     load_model,
@@ -53,6 +57,11 @@ from matxfer.training.rundir import (
     read_transfer_record,
     write_transfer_record,
 )
+from matxfer.transfer.foundation import (
+    check_foundation_options,
+    foundation_source,
+    retitle_model_card,
+)
 from matxfer.transfer.freeze import (
     FreezeSpec,
     FreezeSummary,
@@ -61,7 +70,7 @@ from matxfer.transfer.freeze import (
     parse_freeze,
     parse_lr_multipliers,
 )
-from matxfer.transfer.heads import HEAD_MODES, HeadMode, prepare_head
+from matxfer.transfer.heads import HEAD_MODES, HeadMode, prepare_head, reuse_outputs
 from matxfer.transfer.leakage import LeakageReport, audit_leakage
 from matxfer.transfer.pretrained import (
     PretrainingData,
@@ -111,38 +120,6 @@ class FineTuneModel:
     pretrained: LoadedModel
 
 
-def select_outputs(head: MLPHead, columns: Sequence[int]) -> MLPHead:
-    """A copy of ``head`` predicting only ``columns`` of its outputs (weights kept).
-
-    Used to reuse one property's output of a multi-property (MPT) head.
-    """
-    selected = MLPHead(
-        head.in_features, len(columns), head.hidden_layers, head.hidden_features, head.norm_kind
-    )
-    state = head.state_dict()
-    for name in ("out.weight", "out.bias"):
-        state[name] = state[name][list(columns)].clone()
-    selected.load_state_dict(state, strict=True)
-    return selected.to(next(head.parameters()).device)
-
-
-def _reuse_outputs(loaded: LoadedModel, names: Sequence[str], num_outputs: int) -> None:
-    """Cut the pre-trained head down to the outputs ``names`` (head mode ``reuse``)."""
-    known = loaded.target_names
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"head output(s) {unknown} not among the pre-trained outputs {known}")
-    if len(names) != num_outputs:
-        raise ConfigError(
-            f"{len(names)} head output(s) {list(names)} chosen for {num_outputs} "
-            "fine-tuning target(s); choose one per target"
-        )
-    head = loaded.model.head
-    if not isinstance(head, MLPHead):
-        raise MatxferError(f"model.head must be an MLPHead, got {type(head).__name__}")
-    loaded.model.head = select_outputs(head, [known.index(n) for n in names])
-
-
 def load_for_finetuning(
     checkpoint: str | Path,
     num_outputs: int,
@@ -156,7 +133,8 @@ def load_for_finetuning(
 
     Args:
         checkpoint: A checkpoint file or run directory (see
-            :func:`matxfer.training.load_model`).
+            :func:`matxfer.training.load_model`), or a foundation model's name
+            (:data:`~matxfer.transfer.foundation.FOUNDATION_SOURCES`, e.g. ``"chgnet"``).
         num_outputs: Properties the fine-tuned model predicts.
         strategy: A :class:`FreezeSpec` or a string for
             :func:`~matxfer.transfer.freeze.parse_freeze` (default: ``"all"``,
@@ -178,11 +156,16 @@ def load_for_finetuning(
     spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
     if head not in HEAD_MODES:
         raise ConfigError(f"unknown head mode {head!r}; choose one of {list(HEAD_MODES)}")
-    loaded = load_model(checkpoint)
+    source = foundation_source(checkpoint)
+    if source is not None:
+        check_foundation_options(source, head, exclude_test=False)
+        loaded = source.load(num_outputs, seed)
+    else:
+        loaded = load_model(checkpoint)
     if head_outputs:
         if head != "reuse":
             raise ConfigError(f"head outputs {list(head_outputs)} apply to head 'reuse' only")
-        _reuse_outputs(loaded, head_outputs, num_outputs)
+        reuse_outputs(loaded, head_outputs, num_outputs)
     elif head == "reuse" and len(loaded.target_names) != num_outputs:
         raise ConfigError(
             f"cannot reuse the pre-trained head: it predicts {len(loaded.target_names)} "
@@ -199,10 +182,15 @@ def load_for_finetuning(
 def finetune_config(config: TrainConfig, prepared: FineTuneModel) -> TrainConfig:
     """``config`` with the pre-trained model's graph config and architecture.
 
+    A model of another architecture (a foundation model) keeps ``config`` as it is:
+    it builds its own graphs and describes itself in its checkpoints.
+
     Raises:
         ConfigError: ``config`` asks for other (non-default) graph settings
             than the pre-trained model was trained with.
     """
+    if not isinstance(prepared.model, ALIGNN):
+        return config
     graph = prepared.graph_config
     if config.graph not in (graph, GraphConfig()):
         raise ConfigError(
@@ -265,6 +253,7 @@ def _model_card_section(record: dict[str, Any]) -> str:
         "",
         "## Transfer",
         "",
+        *([f"- source: {pt['description']}"] if pt.get("description") else []),
         f"- fine-tuned from `{pt['checkpoint']}` (sha256 `{pt['sha256']}`), "
         f"pre-trained on {pt['target_names']}",
         f"- strategy: {record['strategy']}; head: {record['head']}"
@@ -320,7 +309,8 @@ def _complete_record(out: Path, record: dict[str, Any]) -> None:
     write_transfer_record(out, {"complete": True, **record})
     card = out / MODEL_CARD_FILE
     if card.is_file():
-        write_text_atomic(card, card.read_text() + _model_card_section(record))
+        text = retitle_model_card(card.read_text(), record["pretrained"].get("source"))
+        write_text_atomic(card, text + _model_card_section(record))
 
 
 @locks_directory("out", purpose="fine-tuning run")
@@ -329,7 +319,7 @@ def finetune(
     pretrained: str | Path,
     out: str | Path,
     strategy: FreezeSpec | str = "all",
-    head: HeadMode = "reuse",
+    head: HeadMode | None = None,
     lr_multipliers: Mapping[str, float] | str | None = None,
     *,
     test: str | Path | None = None,
@@ -363,11 +353,13 @@ def finetune(
         data: Fine-tuning data (:class:`~matxfer.training.inputs.DataSpec`), or its
             dataset (file, folder, or named dataset under ``data_dir``) with the
             data options (``test``, ``data_dir`` to ``skip_invalid``) given loose.
-        pretrained: Pre-training run directory or checkpoint file.
+        pretrained: Pre-training run directory or checkpoint file, or a foundation
+            model by name (``"chgnet"``, see :mod:`~matxfer.transfer.foundation`).
         out: Run directory (created).
         strategy: Freezing strategy (see :func:`~matxfer.transfer.freeze.parse_freeze`;
             default ``"all"``: everything trains).
-        head: ``reuse``, ``new`` or ``deeper`` (see :mod:`~matxfer.transfer.heads`).
+        head: ``reuse``, ``new`` or ``deeper`` (see :mod:`~matxfer.transfer.heads`;
+            default: ``reuse``, or ``new`` for a foundation model).
         lr_multipliers: Per layer-group factors on the learning rate,
             ``{"embedding": 0.1, "head": 10}`` or ``"embedding=0.1,head=10"``.
         test: Test dataset (default as in ``train``).
@@ -409,8 +401,12 @@ def finetune(
     from matxfer.transfer.callbacks import recipe_callbacks  # imports Lightning, like train
 
     spec = parse_freeze(strategy) if isinstance(strategy, str) else strategy
+    source = foundation_source(pretrained)
+    head = head or ("new" if source is not None else "reuse")
     if head not in HEAD_MODES:  # checked again later; here before any data is read
         raise ConfigError(f"unknown head mode {head!r}; choose one of {list(HEAD_MODES)}")
+    if source is not None:
+        check_foundation_options(source, head, exclude_test_structures)
     multipliers = (
         parse_lr_multipliers(lr_multipliers)
         if isinstance(lr_multipliers, str)
@@ -428,7 +424,7 @@ def finetune(
         "l2sp": l2sp,
     }
     _start_record(out, settings, resume, overwrite)
-    checkpoint = resolve_checkpoint(pretrained)
+    checkpoint = resolve_checkpoint(pretrained) if source is None else Path(source.name)
     data_spec = as_data_spec(
         data, test=test, data_dir=data_dir, trial=trial, size=size,
         target_key=target_key, format=format, skip_invalid=skip_invalid,
@@ -446,11 +442,13 @@ def finetune(
     recipe = recipe_callbacks(prepared.model, spec, probe_epochs, l2sp)
     ft_config = finetune_config(config, prepared)
     report, pt_data = None, None
-    if audit:
+    if audit and source is None:
         report, pt_data = _audit(checkpoint, splits, pretrain_data, data_spec.data_dir)
     record = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "pretrained": {
+        "pretrained": source.record(prepared.pretrained)
+        if source is not None
+        else {
             "checkpoint": str(checkpoint.resolve()),
             "sha256": checkpoint_sha256(checkpoint),
             "target_names": prepared.pretrained.target_names,
@@ -476,7 +474,9 @@ def finetune(
             "num_excluded": len(excluded.excluded),
             "excluded": excluded.excluded,
         },
-        "leakage": _leakage_entry(report, pt_data, audit),
+        "leakage": source.leakage_entry()
+        if source is not None
+        else _leakage_entry(report, pt_data, audit),
     }
     with warnings.catch_warnings():
         # Frozen normalisation layers are in eval mode on purpose (running statistics kept).

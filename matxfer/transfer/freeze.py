@@ -17,6 +17,10 @@ group          parameters (module paths of :class:`matxfer.models.ALIGNN`)
 ``head``       ``head`` (readout MLP)
 =============  ============================================================
 
+Another architecture brings its own mapping onto these groups (a
+``layer_group_patterns`` attribute, see :func:`group_patterns`; CHGNet's is in
+:mod:`matxfer.models.chgnet_backbone`).
+
 The presets ``two_body_only`` and ``three_body_only`` are this package's
 reading of the study's 2-body and 3-body variants: the GCN layers are
 atom-graph (2-body) convolutions too, so they train with ``two_body``; the
@@ -61,14 +65,25 @@ _GROUP_PATTERNS: tuple[tuple[re.Pattern[str], Group], ...] = (
 )
 
 
-def group_of(name: str) -> Group | None:
+#: (pattern, group) pairs mapping module paths to layer groups.
+GroupPatterns = tuple[tuple[re.Pattern[str], Group], ...]
+
+
+def group_patterns(model: nn.Module) -> GroupPatterns:
+    """The layer-group patterns of ``model``: its ``layer_group_patterns`` attribute (another
+    architecture, e.g. :class:`~matxfer.models.chgnet_backbone.CHGNetRegressor`) or ALIGNN's."""
+    return getattr(model, "layer_group_patterns", _GROUP_PATTERNS)
+
+
+def group_of(name: str, patterns: GroupPatterns = _GROUP_PATTERNS) -> Group | None:
     """Layer group of a parameter or module path (``None`` if none matches).
 
     Args:
         name: Dotted path as in ``model.named_parameters()``, e.g.
             ``"alignn_layers.0.edge_update.src_gate.weight"``.
+        patterns: The model's patterns (:func:`group_patterns`; default: ALIGNN's).
     """
-    for pattern, group in _GROUP_PATTERNS:
+    for pattern, group in patterns:
         if pattern.match(name):
             return group
     return None
@@ -83,8 +98,9 @@ def parameter_groups(model: nn.Module) -> dict[str, Group]:
     """
     groups: dict[str, Group] = {}
     orphans: list[str] = []
+    patterns = group_patterns(model)
     for name, _ in model.named_parameters():
-        group = group_of(name)
+        group = group_of(name, patterns)
         if group is None:
             orphans.append(name)
         else:
@@ -92,7 +108,8 @@ def parameter_groups(model: nn.Module) -> dict[str, Group]:
     if orphans:
         raise MatxferError(
             f"{len(orphans)} parameter(s) belong to no layer group {list(GROUPS)}: "
-            f"{orphans[:5]}; add their module path to matxfer.transfer.freeze._GROUP_PATTERNS"
+            f"{orphans[:5]}; add their module path to the model's layer_group_patterns "
+            "(ALIGNN: matxfer.transfer.freeze._GROUP_PATTERNS)"
         )
     return groups
 
@@ -231,10 +248,11 @@ def _is_trainable(name: str, group: Group, spec: FreezeSpec, last_linear: set[st
 def _frozen_norm_names(model: nn.Module, spec: FreezeSpec) -> list[str]:
     """Modules with running statistics (BatchNorm, InstanceNorm) in frozen parts."""
     names = []
+    patterns = group_patterns(model)
     for name, module in model.named_modules():
         if not isinstance(getattr(module, "running_mean", None), Tensor):
             continue
-        group = group_of(name)
+        group = group_of(name, patterns)
         if group in spec.frozen or (group == "head" and spec.head_scope == "last_linear"):
             names.append(name)
     return names

@@ -13,13 +13,17 @@ mode       head of the fine-tuned model
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import nn
 
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.models.mlp import MLPHead
+
+if TYPE_CHECKING:
+    from matxfer.training.checkpoint import LoadedModel
 
 HeadMode = Literal["reuse", "new", "deeper"]
 HEAD_MODES: tuple[HeadMode, ...] = get_args(HeadMode)
@@ -97,3 +101,35 @@ def prepare_head(
     """
     model.head = build_head(_head_of(model), mode, num_outputs, extra_layers, seed)
     return model
+
+
+def select_outputs(head: MLPHead, columns: Sequence[int]) -> MLPHead:
+    """A copy of ``head`` predicting only ``columns`` of its outputs (weights kept).
+
+    Used to reuse one property's output of a multi-property (MPT) head.
+    """
+    selected = MLPHead(
+        head.in_features, len(columns), head.hidden_layers, head.hidden_features, head.norm_kind
+    )
+    state = head.state_dict()
+    for name in ("out.weight", "out.bias"):
+        state[name] = state[name][list(columns)].clone()
+    selected.load_state_dict(state, strict=True)
+    return selected.to(next(head.parameters()).device)
+
+
+def reuse_outputs(loaded: LoadedModel, names: Sequence[str], num_outputs: int) -> None:
+    """Cut the pre-trained head down to the outputs ``names`` (head mode ``reuse``)."""
+    known = loaded.target_names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"head output(s) {unknown} not among the pre-trained outputs {known}")
+    if len(names) != num_outputs:
+        raise ConfigError(
+            f"{len(names)} head output(s) {list(names)} chosen for {num_outputs} "
+            "fine-tuning target(s); choose one per target"
+        )
+    head = loaded.model.head
+    if not isinstance(head, MLPHead):
+        raise MatxferError(f"model.head must be an MLPHead, got {type(head).__name__}")
+    loaded.model.head = select_outputs(head, [known.index(n) for n in names])
