@@ -71,12 +71,13 @@ class Ensemble:
         """Every member's predictions ``[M, N, P]`` in original units."""
         ids = [r.id for r in records]
         structures = [r.structure for r in records]
-        graphs: dict[tuple[str, str], list] = {}  # one build (or cache read) per setting
+        graphs: dict[str, list] = {}  # one build (or cache read) per graph setting
         stacked = []
         for predictor in self.predictors:
             loaded = predictor.loaded
-            # A model with its own inputs (e.g. CHGNet's graphs) keys them by its class.
-            key = (type(loaded.model).__qualname__, loaded.graph_config.model_dump_json())
+            # A model that builds its own inputs (e.g. CHGNet's graphs) shares them with none.
+            own = callable(getattr(loaded.model, "featurize", None))
+            key = f"model {id(loaded.model)}" if own else loaded.graph_config.model_dump_json()
             if key not in graphs:
                 graphs[key] = model_inputs(
                     loaded.model, structures, loaded.graph_config, progress, ids

@@ -100,3 +100,23 @@ def test_command_line(tiny_study: Study, tmp_path: Path) -> None:
     )
     assert isinstance(shown.exception, MatxferError)
     assert "is not a study directory" in str(shown.exception)
+
+
+def test_a_member_with_its_own_inputs_gets_them(tiny_study: Study) -> None:
+    from matxfer.study.ensemble import load_ensemble
+    from matxfer.training.inputs import graphs_of, records_to_predict
+
+    study, data, results = tiny_study
+    ensemble = load_ensemble(study, "ft=ph,size=800", results)
+    records, _, _ = records_to_predict(data, None, None, False)
+    expected = ensemble.member_predictions(records)
+    calls: list[int] = []
+    second = ensemble.predictors[1].loaded
+
+    def featurize(structures, progress=False, ids=None):  # e.g. CHGNet's own graphs
+        calls.append(len(structures))
+        return graphs_of(structures, second.graph_config, progress, ids)
+
+    second.model.featurize = featurize
+    np.testing.assert_allclose(ensemble.member_predictions(records), expected, rtol=1e-6)
+    assert calls == [len(records)]  # built for that member, not shared from the first
