@@ -208,6 +208,19 @@ def predict_ensemble(
     """
     ensemble = load_ensemble(study_dir, selection, results)
     records, _, _ = records_to_predict(data, format, target_key, skip_invalid)
+    frame = prediction_frame(ensemble, records, progress)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(frame, out)
+    return frame
+
+
+def prediction_frame(
+    ensemble: Ensemble, records: Sequence[Record], progress: bool = False
+) -> pd.DataFrame:
+    """:func:`ensemble_frame` of ``ensemble``'s predictions for ``records`` (their labels
+    too, when they carry any); ``frame.attrs["members"]`` lists the job ids."""
     members = ensemble.member_predictions(records, progress)
     labels = labels_of(records, ensemble.target_names)
     frame = ensemble_frame(
@@ -218,10 +231,6 @@ def predict_ensemble(
         None if np.isnan(labels).all() else labels,
     )
     frame.attrs["members"] = ensemble.job_ids
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(frame, out)
     return frame
 
 

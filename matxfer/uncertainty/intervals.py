@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from matxfer.errors import ConfigError, MatxferError
@@ -34,10 +33,10 @@ from matxfer.paths import cache_dir
 from matxfer.study.ensemble import (
     Ensemble,
     default_evaluation_path,
-    ensemble_frame,
     ensemble_metrics,
     ensemble_of,
     load_ensemble,
+    prediction_frame,
 )
 from matxfer.study.selection import is_study_dir
 from matxfer.training.inputs import records_to_predict
@@ -236,15 +235,9 @@ def predict_intervals(
     ensemble = load_members(run, select, results)
     calibration = get_calibration(ensemble, calibration_file, format, target_key, skip_invalid)
     records, _, _ = records_to_predict(data, format, target_key, skip_invalid)
-    members = ensemble.member_predictions(records)
-    names = ensemble.target_names
-    labels = labels_of(records, names)
-    frame = ensemble_frame(
-        [r.id for r in records], members, names, ensemble.job_ids,
-        None if np.isnan(labels).all() else labels,
-    )  # fmt: skip
-    frame = with_intervals(frame, calibration, names, level)
-    frame.attrs["members"] = ensemble.job_ids
+    frame = with_intervals(
+        prediction_frame(ensemble, records), calibration, ensemble.target_names, level
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out)
     write_json(_calibration_copy(out), calibration.summary(level))
