@@ -62,6 +62,17 @@ PT_SOURCES: dict[str, PTSource] = {
 }
 
 
+#: Prefix of a recipe's ``pt`` naming a shipped model instead of a :data:`PT_SOURCES` key.
+SHIPPED = "shipped:"
+
+
+def describe_pt(pt: str, data: str) -> str:
+    """A recipe's pre-training source, in words."""
+    if pt.startswith(SHIPPED):
+        return "shipped " + pt.removeprefix(SHIPPED).format(data=data)
+    return PT_SOURCES[pt].describe()
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Scratch (``pt`` None) or fine-tuning from ``pt`` with ``finetune`` options."""
@@ -87,6 +98,14 @@ RECIPES: dict[str, Recipe] = {
     "ftdemo-s1-lpft10": Recipe("demofe-s1", {"probe_epochs": 10}),
     "scratch-b8e40": Recipe(None, config=_DEMO_SCHEDULE),
     "ftdemo-b8e40": Recipe("demofe-s0", config=_DEMO_SCHEDULE),
+    # Shipped models (matxfer models list): the leave-one-out MPT never saw the target
+    # property; "{data}" is the fine-tuning dataset.
+    "ftmpt7": Recipe(f"{SHIPPED}mpt7-no-{{data}}", {"head": "new"}),
+    "ftmpt7-lpft10": Recipe(f"{SHIPPED}mpt7-no-{{data}}", {"head": "new", "probe_epochs": 10}),
+    "ftmpt7-fe": Recipe(f"{SHIPPED}mpt7-no-{{data}}", {"head_outputs": ["fe"]}),
+    "ftfe": Recipe(f"{SHIPPED}fe", {"head": "new"}),
+    "ftfe-reuse": Recipe(f"{SHIPPED}fe"),
+    "ftbg": Recipe(f"{SHIPPED}bg", {"head": "new"}),
 }
 #: Rows pooling one recipe over several pre-training samples.
 POOLED: dict[str, tuple[str, ...]] = {
@@ -146,7 +165,11 @@ def run_recipe(args: argparse.Namespace, name: str, seed: int) -> Path:
             f"{name} s{seed}",
             lambda resume: train(args.data, run_dir, config=config, resume=resume, **data),
         )
-    pt_run = pretrain(recipe.pt, args.out, data_dir)
+    pt_run: str | Path = (
+        recipe.pt.removeprefix(SHIPPED).format(data=args.data)
+        if recipe.pt.startswith(SHIPPED)
+        else pretrain(recipe.pt, args.out, data_dir)
+    )
     return cached_run(
         run_dir,
         f"{name} s{seed}",
@@ -218,7 +241,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
     scratch = results.get("scratch", {})
     for name, runs in results.items():
         pt = RECIPES[name].pt
-        source = PT_SOURCES[pt].describe() if pt else "-"
+        source = describe_pt(pt, args.data) if pt else "-"
         print(_row(name, sorted(runs.items()), scratch, source))
     for label, members in POOLED.items():
         runs = [item for m in members for item in sorted(results.get(m, {}).items())]

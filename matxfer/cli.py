@@ -14,13 +14,14 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from matxfer import cli_rank, cli_transfer
+from matxfer import cli_models, cli_rank, cli_transfer
 from matxfer.cli_options import (
     BatchSizeOption,
     ConfigOption,
     DataDirOption,
     DdpStrategyOption,
     DevicesOption,
+    EnsembleOption,
     EpochsOption,
     FormatOption,
     LrOption,
@@ -147,13 +148,7 @@ def train(
     progress: ProgressOption = None,
     devices: DevicesOption = None,
     ddp_strategy: DdpStrategyOption = None,
-    ensemble: Annotated[
-        int | None,
-        typer.Option(
-            help="Train K models on one split (seeds SEED..SEED+K-1) into OUT/member-<k>, "
-            "for `evaluate|predict OUT DATA --interval 0.9`."
-        ),
-    ] = None,
+    ensemble: EnsembleOption = None,
 ) -> None:
     """Train an ALIGNN model; writes checkpoints, metrics, predictions and plots to --out."""
     from matxfer.training import DataSpec, config_for_run
@@ -275,6 +270,7 @@ def predict(
 
 cli_transfer.register(app)
 cli_rank.register(app)
+cli_models.register(app)
 
 
 def main() -> None:

@@ -26,6 +26,13 @@ SizeOption = Annotated[int | None, typer.Option(help="Training + validation reco
 TargetKeyOption = Annotated[str | None, typer.Option(help="Field holding the target.")]
 FormatOption = Annotated[str | None, typer.Option(help="alignn, idprop, matbench, extxyz.")]
 EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs.")]
+EnsembleOption = Annotated[
+    int | None,
+    typer.Option(
+        help="K models on one split (seeds SEED..SEED+K-1: initialisation, batch order) "
+        "into OUT/member-<k>, for `evaluate|predict OUT DATA --interval 0.9`."
+    ),
+]
 BatchSizeOption = Annotated[int | None, typer.Option(help="Structures per (global) batch.")]
 LrOption = Annotated[float | None, typer.Option(help="Peak learning rate.")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]

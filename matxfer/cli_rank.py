@@ -71,8 +71,9 @@ def rank_sources(
         list[Path],
         typer.Option(
             "--from",
-            help="Candidate pre-training run directory, checkpoint file or foundation model "
-            "(chgnet); repeat it, or list more candidates after it (DATA --from A B C).",
+            help="Candidate pre-training run directory, checkpoint file, shipped model "
+            "(matxfer models list) or foundation model (chgnet); repeat it, or list more "
+            "candidates after it (DATA --from A B C).",
             show_default=False,
         ),
     ],

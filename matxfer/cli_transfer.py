@@ -13,6 +13,7 @@ is imported inside the commands.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from matxfer.cli_options import (
     DataDirOption,
     DdpStrategyOption,
     DevicesOption,
+    EnsembleOption,
     EpochsOption,
     FinetuneDdpStrategyOption,
     FormatOption,
@@ -65,6 +67,10 @@ def pretrain_multi(
     exclude_test_structures: Annotated[
         bool, typer.Option(help="Drop pre-training crystals found in any property's test set.")
     ] = False,
+    max_atoms: Annotated[
+        int | None,
+        typer.Option(min=1, help="Pre-train only on cells of at most this many atoms."),
+    ] = None,
     profile: ProfileOption = None,
     config: ConfigOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of sampling, splits, init.")] = None,
@@ -115,6 +121,7 @@ def pretrain_multi(
         size=size,
         exclude_test_structures=exclude_test_structures,
         progress=progress,
+        max_atoms=max_atoms,
         resume=resume,
         overwrite=overwrite,
         on_merged=show_merge,
@@ -133,7 +140,8 @@ def finetune(
         Path,
         typer.Option(
             "--from",
-            help="Pre-training run directory or checkpoint file, or a foundation model: "
+            help="Pre-training run directory or checkpoint file, a model shipped with "
+            "matxfer (mpt7, mpt7-no-ph, fe, ...: matxfer models list), or a foundation model: "
             # "\[": typer renders help with rich markup, where [chgnet] would be a tag.
             'chgnet (CHGNet 0.4.2, MPtrj; pip install "matxfer\\[chgnet]").',
             show_default=False,
@@ -220,6 +228,7 @@ def finetune(
     progress: ProgressOption = None,
     devices: DevicesOption = None,
     ddp_strategy: FinetuneDdpStrategyOption = None,
+    ensemble: EnsembleOption = None,
 ) -> None:
     """Fine-tune a pre-trained model on DATA; writes a run directory plus transfer.json.
 
@@ -229,6 +238,7 @@ def finetune(
     from matxfer.training.rundir import read_transfer_record
     from matxfer.transfer.finetune import finetune as run_finetuning
     from matxfer.transfer.freeze import parse_freeze, parse_lr_multipliers
+    from matxfer.uncertainty.members import first_member, train_ensemble
 
     spec = parse_freeze(strategy)  # bad options fail before any data is read
     multipliers = parse_lr_multipliers(lr_groups or "")
@@ -241,32 +251,41 @@ def finetune(
         "sampling": sampling,
     }
     flags.update(devices=devices, strategy=ddp_strategy)
-    resolved = config_for_run(config, profile, flags, out, resume)
+    # An ensemble resumes with its member 0's config (its seed is the split's).
+    resolved = config_for_run(config, profile, flags, first_member(out, ensemble), resume)
     outputs = [name.strip() for name in head_output.split(",")] if head_output else None
     data_spec = DataSpec(
         data, test=test, data_dir=data_dir, trial=trial, size=size,
         target_key=target_key, format=format, skip_invalid=skip_invalid,
     )  # fmt: skip
-    result = run_finetuning(
-        data_spec,
-        pretrained,
-        out,
-        spec,
-        head,
-        multipliers,  # type: ignore[arg-type]  # checked there
-        config=resolved,
+    run = partial(
+        run_finetuning,
+        pretrained=pretrained,
+        strategy=spec,
+        head=head,
+        lr_multipliers=multipliers,
         head_outputs=outputs,
         pretrain_data=pretrain_data,
         exclude_test_structures=exclude_test_structures,
         probe_epochs=probe_epochs,
         l2sp=l2sp,
         audit=audit,
-        resume=resume,
         overwrite=overwrite,
         progress=progress,
     )
-    print_metrics(result.metrics, ("train", "val", "test"), result.run_dir)
-    record = read_transfer_record(result.run_dir)
+    if ensemble is None:
+        result = run(data_spec, out=out, config=resolved, resume=resume)
+        runs = [{"run_dir": str(result.run_dir), "metrics": result.metrics}]
+    else:
+        runs = train_ensemble(
+            data_spec, out, resolved, ensemble, resume,
+            run_member=lambda splits, run_dir, member, again: run(
+                splits, out=run_dir, config=member, resume=again
+            ),
+        )  # fmt: skip
+    for done in runs:
+        print_metrics(done["metrics"], ("train", "val", "test"), Path(done["run_dir"]))
+    record = read_transfer_record(Path(runs[0]["run_dir"]))  # members share split and audit
     leakage = record["leakage"]
     console.print(
         "leakage audit: "
@@ -274,6 +293,9 @@ def finetune(
         highlight=False,
     )
     console.print(f"strategy {record['strategy']}, head {record['head']}")
+    if ensemble is not None:
+        console.print(f"{len(runs)} members in {out}; intervals: matxfer evaluate {out} DATA "
+                      "--interval 0.9")  # fmt: skip
 
 
 def demo(

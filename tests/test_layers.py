@@ -42,6 +42,7 @@ LAYERS = {
     "cli_options": 7,
     "cli_transfer": 7,
     "cli_rank": 7,
+    "cli_models": 7,
     "__main__": 7,
 }
 

@@ -107,10 +107,13 @@ def _train(settings: dict[str, Any], kind: str, out: Path, pt_dir: Path | None) 
     if kind == "finetune":
         from matxfer.transfer.finetune import finetune
 
-        assert pt_dir is not None  # the executor passes the finished pre-training
+        # A `from` source names its model; else the executor passes the finished PT run.
+        pretrained = settings.get("pretrained") or pt_dir
+        if pretrained is None:
+            raise MatxferError("fine-tuning job without a pre-trained model: plan the study again")
         return finetune(
             settings["data"],
-            pt_dir,
+            pretrained,
             out,
             settings["strategy"],
             settings["head"],
@@ -152,7 +155,8 @@ def run_job(
     Args:
         job: ``Job.describe()`` plus ``settings`` and ``run_dir``.
         study_dir: The study directory.
-        pt_dir: The finished pre-training run a fine-tuning starts from.
+        pt_dir: The finished pre-training run a fine-tuning starts from (``None`` for one
+            from an already pre-trained model: its ``settings`` name it).
     """
     import torch
 

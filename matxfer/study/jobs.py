@@ -4,9 +4,13 @@ Every job is one training run: a pre-training (``pretrain``), a scratch
 baseline (``scratch``) or a fine-tuning (``finetune``, after its pre-training).
 Its id is a hash of everything that determines the run: the resolved training
 config, the data options and the content hash of every dataset it reads, and
-for a fine-tuning the id of its pre-training. Editing a spec therefore adds
-jobs without redoing those that still match, and a changed dataset file makes
-new jobs rather than silently reusing old results.
+for a fine-tuning the id of its pre-training, or, for a fine-tuning from an
+already pre-trained model (a ``from`` source), that model as named (after
+``{target}`` substitution and path resolution) and the sha256 of its
+checkpoint. Editing a spec therefore adds jobs without redoing those that
+still match, and a changed dataset or checkpoint file makes new jobs rather
+than silently reusing old results. A ``from`` source has no PT job: its
+fine-tunings wait for nothing and cost only their own training.
 
 :func:`plan_study` also checks the spec against the data (unknown datasets,
 sizes larger than the pool, trials or sizes missing from ``trials.json``,
@@ -24,7 +28,8 @@ from typing import Any, Literal
 
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.study.datasets import DatasetFacts, dataset_facts
-from matxfer.study.spec import FinetuneGrid, PretrainEntry, StudySpec
+from matxfer.study.origins import Origin, external_model
+from matxfer.study.spec import EXTERNAL_KEYS, FinetuneGrid, PretrainEntry, StudySpec
 from matxfer.training.config import TrainConfig, load_config, merge_nested, resolve_config
 from matxfer.transfer.freeze import parse_freeze
 
@@ -52,7 +57,8 @@ class Job:
         target: FT dataset (scratch/finetune) or the PT label.
         source: ``scratch``, or the PT label a fine-tuning starts from (PT: its label).
         settings: Everything :func:`~matxfer.study.execute.run_job` needs (JSON-ready).
-        depends_on: Id of the pre-training a fine-tuning starts from.
+        depends_on: Id of the pre-training a fine-tuning starts from (``None`` for a
+            ``from`` source: its model already exists).
         size: Training + validation records (PT: per property; ``None`` = whole pool).
         pt_size: Records per property of the pre-training (finetune only).
         trial: The study's trial, if any.
@@ -178,6 +184,7 @@ class _Planner:
         self.spec = spec
         self.facts: dict[str, DatasetFacts] = {}
         self.jobs: dict[str, Job] = {}
+        self.models: dict[str, tuple[tuple[str, ...], str | None]] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -221,7 +228,11 @@ class _Planner:
         """The PT jobs of one entry (for ``target`` when it is leave-one-out)."""
         loc = ("pretrain", index)
         if (entry.data is None) == (entry.mpt is None):
-            raise self.spec.error(loc, "give exactly one of 'data' (one property) or 'mpt'")
+            raise self.spec.error(
+                loc,
+                "give exactly one of 'data' (one property), 'mpt' (several) or 'from' "
+                "(an already pre-trained model)",
+            )
         if entry.leave_one_out and entry.mpt is None:
             raise self.spec.error((*loc, "leave_one_out"), "applies to 'mpt' sources only")
         datasets = [entry.data] if entry.data is not None else list(entry.mpt or [])
@@ -290,6 +301,47 @@ class _Planner:
                 )
                 jobs.append(self.add(job))
         return jobs
+
+    def check_external(self, entry: PretrainEntry, index: int) -> None:
+        """Refuse pre-training keys beside ``from`` (nothing is pre-trained for it)."""
+        for key in sorted(entry.model_fields_set - set(EXTERNAL_KEYS)):
+            raise self.spec.error(
+                ("pretrain", index, key),
+                f"does not apply to a 'from' source ({entry.from_!r} is already pre-trained); "
+                f"an entry with 'from' takes only {', '.join(k.rstrip('_') for k in EXTERNAL_KEYS)}"
+                ": drop it, or pre-train with 'data' or 'mpt' instead of 'from'",
+            )
+
+    def external_origin(self, entry: PretrainEntry, index: int, target: str) -> Origin:
+        """The model a ``from`` source names for FT target ``target``, checked to exist."""
+        pretrained = entry.pretrained_for(target)
+        if pretrained not in self.models:
+            try:
+                self.models[pretrained] = external_model(pretrained)
+            except MatxferError as error:
+                raise self.spec.error(("pretrain", index, "from"), str(error)) from None
+        outputs, sha256 = self.models[pretrained]
+        settings = {"pretrained": pretrained, "pretrained_sha256": sha256}
+        return Origin(entry.label_for(target), settings, outputs=outputs)
+
+    def origins(self, entry: PretrainEntry, index: int, target: str) -> list[Origin]:
+        """Where the fine-tunings of ``target`` from one source start."""
+        if entry.external:
+            return [self.external_origin(entry, index, target)]
+        outputs = tuple(entry.mpt or ())  # a single property: one output
+        return [
+            Origin(pt.source, {"pt_job": pt.id}, pt.id, pt.size, pt.records_read, outputs)
+            for pt in self.pretrain_jobs(entry, index, target)
+        ]
+
+    def _check_heads(self, grid: FinetuneGrid, index: int, origin: Origin) -> None:
+        if len(origin.outputs) > 1 and "reuse" in grid.heads:
+            raise self.spec.error(
+                ("finetune", index, "heads"),
+                f"source {origin.source!r} is a multi-property model: its head cannot be "
+                f"reused for one target (it predicts {', '.join(origin.outputs)}); "
+                "use heads: [new] or [deeper] (a separate finetune grid)",
+            )
 
     def _targets(self) -> list[str]:
         return sorted({t for grid in self.spec.finetune for t in grid.targets})
@@ -364,15 +416,12 @@ class _Planner:
                     f"unknown source {source!r}; the pretrain labels are {labels}",
                 )
         entries = {e.label: (i, e) for i, e in enumerate(self.spec.pretrain)}
-        for source in sources:
-            if entries[source][1].mpt is not None and "reuse" in grid.heads:
-                raise self.spec.error(
-                    (*loc, "heads"),
-                    f"source {source!r} is a multi-property model: its head cannot be reused "
-                    "for one target; use heads: [new] or [deeper] (a separate finetune grid)",
-                )
         for target in grid.targets:
             facts = self.fact(target, (*loc, "targets"))
+            origins = {s: self.origins(entries[s][1], entries[s][0], target) for s in sources}
+            for found in origins.values():
+                for origin in found:
+                    self._check_heads(grid, index, origin)
             for size, trial in self.subsets(grid, index, target):
                 for seed in self.spec.seeds:
                     for lr in grid.lrs:
@@ -405,33 +454,33 @@ class _Planner:
                                 )
                             )
                         for source in sources:
-                            i, entry = entries[source]
-                            for pt in self.pretrain_jobs(entry, i, target):
-                                self._finetunes(grid, settings, facts, pt, common)
+                            for origin in origins[source]:
+                                self._finetunes(grid, settings, facts, origin, common)
 
     def _finetunes(
         self,
         grid: FinetuneGrid,
         settings: dict[str, Any],
         facts: DatasetFacts,
-        pt: Job,
+        origin: Origin,
         common: dict[str, Any],
     ) -> None:
         for strategy in grid.strategies:
             for head in grid.heads:
-                ft = {**settings, "strategy": strategy, "head": head, "pt_job": pt.id}
+                ft = {**settings, "strategy": strategy, "head": head, **origin.settings}
+                # The leakage audit reads the PT data again and matches structures.
+                read = common["records_read"] + 2 * origin.records_read
                 self.add(
                     Job(
                         id=_job_id("finetune", ft, [facts.sha256]),
                         kind="finetune",
-                        source=pt.source,
+                        source=origin.source,
                         settings=ft,
-                        depends_on=pt.id,
-                        pt_size=pt.size,
+                        depends_on=origin.depends_on,
+                        pt_size=origin.pt_size,
                         strategy=strategy,
                         head=head,
-                        # The leakage audit reads the PT data again and matches structures.
-                        **{**common, "records_read": common["records_read"] + 2 * pt.records_read},
+                        **{**common, "records_read": read},
                     )
                 )
 
@@ -444,10 +493,13 @@ def plan_study(spec: StudySpec) -> StudyPlan:
             (file, line, key and the allowed values in the message).
     """
     planner = _Planner(spec)
+    for index, entry in enumerate(spec.pretrain):
+        if entry.external:
+            planner.check_external(entry, index)
     for index, grid in enumerate(spec.finetune):
         planner.grid_jobs(grid, index)
     for index, entry in enumerate(spec.pretrain):  # sources no grid uses are still trained
-        if not entry.leave_one_out:
+        if not entry.leave_one_out and not entry.external:
             planner.pretrain_jobs(entry, index, None)
     jobs = list(planner.jobs.values())
     order = {"pretrain": 0, "scratch": 1, "finetune": 2}

@@ -16,9 +16,10 @@ Example (see ``examples/studies/`` for more)::
     pretrain:
       - {data: fe, size: 941, seed: 1, epochs: 50}
       - {name: mpt, mpt: [fe, bg, gv, ph, dc, pz, ebg], leave_one_out: true, size: 941}
+      - {name: shipped-mpt7, from: mpt7}        # an already pre-trained model: no PT job
     finetune:
       - {targets: [ph, dc], sizes: [100, 800], heads: [reuse], sources: [fe]}
-      - {targets: [ph, dc], sizes: [100, 800], heads: [new], sources: [mpt]}
+      - {targets: [ph, dc], sizes: [100, 800], heads: [new], sources: [mpt, shipped-mpt7]}
     scratch: true
 
 Unknown keys and bad values are reported with the file, line and key, and the
@@ -45,6 +46,10 @@ from matxfer.training.config import SamplingName
 
 #: File name of the spec copy kept in a study directory (``study retry`` reads it).
 SPEC_COPY = "spec.yaml"
+#: Replaced by the FT target in a ``from`` source (``mpt7-no-{target}``).
+TARGET_FIELD = "{target}"
+#: Keys of a pre-training entry that still apply when it names a model (``from``).
+EXTERNAL_KEYS = ("name", "from_")
 
 
 class _Strict(BaseModel):
@@ -52,10 +57,18 @@ class _Strict(BaseModel):
 
 
 class PretrainEntry(_Strict):
-    """One pre-training source (one PT job per size × seed; per FT target for leave-one-out).
+    """One pre-training source (one PT job per size × seed; per FT target for leave-one-out),
+    or an already pre-trained model (``from``: no PT job).
 
     Args:
-        name: Label used in tables and job ids (default: ``data``, or ``mpt``).
+        name: Label used in tables and job ids (default: ``data``, the last part of
+            ``from``, or ``mpt``); ``{target}`` in it is replaced by the FT target.
+        from_ (``from`` in YAML): An already pre-trained model instead of a pre-training:
+            a run directory or checkpoint file (relative to the spec file), a model
+            shipped in the package (``mpt7``, ``mpt7-no-ph``, ``fe``, ...) or
+            ``chgnet``; ``{target}`` is replaced by the FT target
+            (``mpt7-no-{target}``). Passed as ``pretrained`` to
+            :func:`matxfer.transfer.finetune.finetune`; only ``name`` goes with it.
         data: Single-property dataset (named dataset, study folder or file).
         mpt: Datasets of a multi-property pre-training, merged by crystal.
         leave_one_out: MPT only: one pre-training per FT target, without that
@@ -71,7 +84,13 @@ class PretrainEntry(_Strict):
             (single property) or of every property's test set (MPT).
     """
 
+    # ``from`` is a Python keyword: the field is ``from_``, read and written as ``from``.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
+
     name: str | None = None
+    from_: str | None = Field(None, alias="from", min_length=1)
     data: str | None = None
     mpt: list[str] | None = None
     leave_one_out: bool = False
@@ -89,8 +108,23 @@ class PretrainEntry(_Strict):
 
     @property
     def label(self) -> str:
-        """The name tables use for this source."""
-        return self.name or self.data or "mpt"
+        """The name ``sources`` and tables use for this source."""
+        if self.name or self.data:
+            return self.name or self.data  # type: ignore[return-value]
+        return (Path(self.from_).name or self.from_) if self.from_ else "mpt"
+
+    @property
+    def external(self) -> bool:
+        """Names an already pre-trained model (``from``) rather than a pre-training."""
+        return self.from_ is not None
+
+    def pretrained_for(self, target: str) -> str:
+        """``from`` for the FT target ``target`` (``{target}`` replaced)."""
+        return (self.from_ or "").replace(TARGET_FIELD, target)
+
+    def label_for(self, target: str) -> str:
+        """The source label of the fine-tunings of ``target`` (``{target}`` replaced)."""
+        return self.label.replace(TARGET_FIELD, target)
 
 
 class FinetuneGrid(_Strict):
@@ -195,7 +229,8 @@ def _line_of(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | N
 
 def _allowed(item: dict[str, Any], model: type[BaseModel] | None) -> str:
     if item["type"] == "extra_forbidden" and model is not None:
-        return f" (allowed keys: {', '.join(model.model_fields)})"
+        keys = [field.alias or name for name, field in model.model_fields.items()]
+        return f" (allowed keys: {', '.join(keys)})"
     expected = (item.get("ctx") or {}).get("expected")
     return f" (allowed: {expected})" if expected else ""
 
@@ -270,13 +305,35 @@ def load_spec(path: str | Path) -> StudySpec:
     return with_paths_from(spec, path.resolve().parent)
 
 
+def _from_path(value: str, folder: Path, targets: list[str]) -> str:
+    """``value`` made absolute against ``folder`` when it names a path there (for one of
+    ``targets`` if it holds ``{target}``); else as it is (a shipped model, ``chgnet``, a
+    path relative to the working directory)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    names = [value.replace(TARGET_FIELD, t) for t in targets] if TARGET_FIELD in value else [value]
+    if any((folder / Path(name).expanduser()).exists() for name in names):
+        return str(folder / path)
+    return value
+
+
 def with_paths_from(spec: StudySpec, folder: Path) -> StudySpec:
-    """``spec`` with ``data_dir`` and a profile config file made absolute against ``folder``."""
+    """``spec`` with ``data_dir``, a profile config file and the paths of ``from`` sources
+    made absolute against ``folder`` (so the copy in a study directory reads the same)."""
     updates: dict[str, Any] = {}
     if spec.data_dir is not None:
         updates["data_dir"] = str((folder / Path(spec.data_dir).expanduser()).resolve())
     if spec.profile not in ("fast", "paper"):
         updates["profile"] = str((folder / Path(spec.profile).expanduser()).resolve())
+    if any(entry.external for entry in spec.pretrain):
+        targets = sorted({t for grid in spec.finetune for t in grid.targets})
+        updates["pretrain"] = [
+            entry.model_copy(update={"from_": _from_path(entry.from_, folder, targets)})
+            if entry.from_ is not None
+            else entry
+            for entry in spec.pretrain
+        ]
     copy = spec.model_copy(update=updates)
     copy._source, copy._lines = spec._source, spec._lines
     return copy

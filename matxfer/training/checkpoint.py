@@ -36,6 +36,7 @@ from matxfer.data.validate import describe_error
 from matxfer.errors import MatxferError, MissingDependencyError
 from matxfer.graphs.config import GraphConfig
 from matxfer.models import ALIGNN
+from matxfer.training.shipped import resolve_shipped, shipped_models
 
 #: Bump when the payload layout changes incompatibly.
 CHECKPOINT_FORMAT = 1
@@ -119,10 +120,13 @@ def save_model(
 
 
 def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
-    """A checkpoint file, or a run directory's ``best.ckpt``.
+    """A checkpoint file, a run directory's ``best.ckpt``, or a shipped model by name.
+
+    An existing path wins over a shipped model of the same name (see
+    :mod:`~matxfer.training.shipped`).
 
     Raises:
-        MatxferError: Neither exists (the message says what was looked for).
+        MatxferError: None of them exists (the message says what was looked for).
     """
     path = Path(run_or_ckpt)
     if path.is_dir():
@@ -133,9 +137,15 @@ def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
                 "(matxfer train --out DIR)?"
             )
         return best
-    if not path.is_file():
-        raise MatxferError(f"{path}: no such run directory or checkpoint file")
-    return path
+    if path.is_file():
+        return path
+    shipped = resolve_shipped(str(run_or_ckpt))
+    if shipped is not None:
+        return shipped
+    raise MatxferError(
+        f"{path}: no such run directory or checkpoint file, nor a shipped model "
+        f"({', '.join(shipped_models()) or 'none installed'}; matxfer models list)"
+    )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from matxfer.data.records import Record
-from matxfer.errors import ConfigError
+from matxfer.errors import ConfigError, MatxferError
 from matxfer.graphs.config import GraphConfig
 from matxfer.locking import locks_directory
 from matxfer.models import ALIGNN
@@ -48,7 +48,7 @@ from matxfer.training.checkpoint import (
     resolve_checkpoint,
 )
 from matxfer.training.config import ModelSettings, TrainConfig
-from matxfer.training.inputs import DataSpec, Splits, as_data_spec, prepare_splits
+from matxfer.training.inputs import DataSpec, Splits, prepare_splits
 from matxfer.training.outputs import strict_json_value, write_text_atomic
 from matxfer.training.rundir import (
     MODEL_CARD_FILE,
@@ -57,6 +57,7 @@ from matxfer.training.rundir import (
     read_transfer_record,
     write_transfer_record,
 )
+from matxfer.training.shipped import shipped_leakage_reason, shipped_name_of, shipped_record
 from matxfer.transfer.foundation import (
     check_foundation_options,
     foundation_source,
@@ -71,9 +72,8 @@ from matxfer.transfer.freeze import (
     parse_lr_multipliers,
 )
 from matxfer.transfer.heads import HEAD_MODES, HeadMode, prepare_head, reuse_outputs
-from matxfer.transfer.leakage import LeakageReport, audit_leakage
+from matxfer.transfer.leakage import audit_leakage
 from matxfer.transfer.pretrained import (
-    PretrainingData,
     checkpoint_sha256,
     pretrain_excluding,
     pretraining_records,
@@ -221,24 +221,23 @@ def _audit(
     splits: Splits,
     pretrain_data: str | Path | Sequence[Record] | None,
     data_dir: str | Path | None,
-) -> tuple[LeakageReport | None, PretrainingData | None]:
-    pt = pretraining_records(pretrained, pretrain_data, data_dir)
-    if pt is None:
-        return None, None
-    return audit_leakage(pt.records, splits.train + splits.val, splits.test), pt
-
-
-def _leakage_entry(
-    report: LeakageReport | None, pt: PretrainingData | None, audit: bool
 ) -> dict[str, Any]:
-    if report is None or pt is None:
-        why = (
-            "not requested"
-            if not audit
-            else "the pre-training data are unknown (a bare checkpoint, or a run that did "
-            "not record them): pass --pretrain-data"
-        )
-        return {"audited": False, "reason": why}
+    """The ``leakage`` entry of ``transfer.json``: the audit, or why it did not run."""
+    try:
+        pt = pretraining_records(pretrained, pretrain_data, data_dir)
+    except MatxferError as error:
+        shipped = shipped_name_of(pretrained)
+        if shipped is None or pretrain_data is not None:
+            raise
+        # A shipped model works offline; only its audit needs the study's data.
+        return {"audited": False, "reason": shipped_leakage_reason(shipped, error)}
+    if pt is None:
+        return {
+            "audited": False,
+            "reason": "the pre-training data are unknown (a bare checkpoint, or a run that "
+            "did not record them): pass --pretrain-data",
+        }
+    report = audit_leakage(pt.records, splits.train + splits.val, splits.test)
     return {
         "audited": True,
         "summary": str(report),
@@ -315,7 +314,7 @@ def _complete_record(out: Path, record: dict[str, Any]) -> None:
 
 @locks_directory("out", purpose="fine-tuning run")
 def finetune(
-    data: str | Path | DataSpec,
+    data: str | Path | DataSpec | Splits,
     pretrained: str | Path,
     out: str | Path,
     strategy: FreezeSpec | str = "all",
@@ -352,7 +351,9 @@ def finetune(
     Args:
         data: Fine-tuning data (:class:`~matxfer.training.inputs.DataSpec`), or its
             dataset (file, folder, or named dataset under ``data_dir``) with the
-            data options (``test``, ``data_dir`` to ``skip_invalid``) given loose.
+            data options (``test``, ``data_dir`` to ``skip_invalid``) given loose, or
+            prepared :class:`~matxfer.training.inputs.Splits` (an ensemble's members
+            share one split), used as in ``train``.
         pretrained: Pre-training run directory or checkpoint file, or a foundation
             model by name (``"chgnet"``, see :mod:`~matxfer.transfer.foundation`).
         out: Run directory (created).
@@ -425,11 +426,13 @@ def finetune(
     }
     _start_record(out, settings, resume, overwrite)
     checkpoint = resolve_checkpoint(pretrained) if source is None else Path(source.name)
-    data_spec = as_data_spec(
-        data, test=test, data_dir=data_dir, trial=trial, size=size,
-        target_key=target_key, format=format, skip_invalid=skip_invalid,
-    )  # fmt: skip
-    splits = prepare_splits(data_spec, config)  # read once; train records splits.spec
+    splits = (  # read once; train records splits.spec
+        data
+        if isinstance(data, Splits)
+        else prepare_splits(
+            data, config, test, data_dir, trial, size, target_key, format, skip_invalid
+        )
+    )
     excluded = None
     if exclude_test_structures:
         excluded = pretrain_excluding(
@@ -441,15 +444,13 @@ def finetune(
     )
     recipe = recipe_callbacks(prepared.model, spec, probe_epochs, l2sp)
     ft_config = finetune_config(config, prepared)
-    report, pt_data = None, None
-    if audit and source is None:
-        report, pt_data = _audit(checkpoint, splits, pretrain_data, data_spec.data_dir)
     record = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pretrained": source.record(prepared.pretrained)
         if source is not None
         else {
             "checkpoint": str(checkpoint.resolve()),
+            **shipped_record(checkpoint),
             "sha256": checkpoint_sha256(checkpoint),
             "target_names": prepared.pretrained.target_names,
             "epoch": prepared.pretrained.epoch,
@@ -476,7 +477,9 @@ def finetune(
         },
         "leakage": source.leakage_entry()
         if source is not None
-        else _leakage_entry(report, pt_data, audit),
+        else _audit(checkpoint, splits, pretrain_data, splits.spec and splits.spec.data_dir)
+        if audit
+        else {"audited": False, "reason": "not requested"},
     }
     with warnings.catch_warnings():
         # Frozen normalisation layers are in eval mode on purpose (running statistics kept).

@@ -235,6 +235,7 @@ def prepare_pretraining(
     size: int | None = None,
     exclude_test_structures: bool = False,
     match: MatchSettings | None = None,
+    max_atoms: int | None = None,
 ) -> PretrainData:
     """Read, filter, sample and merge the pre-training datasets (see the module docstring).
 
@@ -248,6 +249,9 @@ def prepare_pretraining(
         exclude_test_structures: Drop pool records whose crystal is in any
             property's test set, excluded properties included.
         match: Structure-matching tolerances (default: :class:`MatchSettings`).
+        max_atoms: Keep only pool records of at most this many atoms per cell, before
+            sampling (``None``: all). Pre-training on small cells costs less per record
+            and, for small-cell targets such as phonons, transferred better (README).
 
     Raises:
         ConfigError: Bad names, an unknown ``exclude``, or nothing left to train on.
@@ -263,6 +267,18 @@ def prepare_pretraining(
     if not included:
         raise ConfigError("every dataset is excluded; nothing is left to pre-train on")
     properties = {name: _load_property(name, datasets[name], config, data_dir) for name in included}
+    if max_atoms is not None:
+        if max_atoms < 1:
+            raise ConfigError(f"--max-atoms {max_atoms}: must be at least 1")
+        for name, prop in properties.items():
+            kept = [r for r in prop.pool if len(r.structure) <= max_atoms]
+            if not kept:
+                raise DataError(
+                    f"{name}: none of its {len(prop.pool)} pool records has at most "
+                    f"{max_atoms} atoms (--max-atoms); raise it or leave {name} out"
+                )
+            prop.source += f" (cells of at most {max_atoms} atoms: {len(kept)} of {len(prop.pool)})"
+            prop.pool = kept
 
     if exclude_test_structures:
         tests = [r for p in properties.values() for r in p.test]
@@ -305,6 +321,7 @@ def prepare_pretraining(
         "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
         "size": size,
         "exclude_test_structures": exclude_test_structures,
+        "max_atoms": max_atoms,
     }
     return PretrainData(splits, report, properties, excluded, exclude_test_structures, spec)
 
@@ -336,6 +353,7 @@ def recorded_pretraining(run_dir: str | Path) -> tuple[PretrainData, bool | None
         spec["data_dir"],
         spec["size"],
         spec["exclude_test_structures"],
+        max_atoms=spec.get("max_atoms"),
     )
     saved = info.get("split_hashes", {})
     if not saved:
@@ -358,6 +376,7 @@ def pretrain_multi(
     exclude_test_structures: bool = False,
     progress: bool | None = None,
     *,
+    max_atoms: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     on_merged: Callable[[PretrainData], None] | None = None,
@@ -381,6 +400,7 @@ def pretrain_multi(
         exclude_test_structures: Drop pool records whose crystal is in any
             property's test set.
         progress: Progress bars (default: when stderr is a terminal).
+        max_atoms: Pre-train only on cells of at most this many atoms (``None``: all).
         resume: Continue the interrupted run in ``out``.
         overwrite: Replace what a non-empty ``out`` holds (an old run).
         on_merged: Called with the prepared data before training starts.
@@ -401,7 +421,7 @@ def pretrain_multi(
     with DirectoryLock(out, purpose="multi-property pre-training"):
         check_run_dir(out, config, resume, overwrite, keep)  # before the minutes of merging
         data = prepare_pretraining(
-            datasets, config, exclude, data_dir, size, exclude_test_structures
+            datasets, config, exclude, data_dir, size, exclude_test_structures, max_atoms=max_atoms
         )
         write_json(out / MERGE_REPORT_FILE, data.to_dict())
         if on_merged is not None:

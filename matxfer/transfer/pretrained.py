@@ -42,6 +42,7 @@ from matxfer.training.rundir import (
     read_config,
     read_run_info,
 )
+from matxfer.training.shipped import ShippedModel, shipped_model, shipped_name_of
 from matxfer.transfer.leakage import exclude_structures
 from matxfer.transfer.merge import MatchSettings
 
@@ -169,6 +170,48 @@ def _recorded_splits(run_dir: Path) -> tuple[list[Record], list[Record], str, di
     )
 
 
+def shipped_pretraining(model: ShippedModel, data_dir: str | Path | None = None) -> PretrainingData:
+    """The records ``model`` was trained on, re-resolved under ``data_dir``.
+
+    Raises:
+        MatxferError: The study's datasets are not under ``data_dir`` (or the default
+            data directory), or they do not hash to what the model was trained on.
+    """
+    # Imported here: multitask imports Lightning (via training.run).
+    from matxfer.transfer.multitask import prepare_pretraining
+
+    data = model.card["data"]
+    config = TrainConfig.model_validate(model.card["recipe"]["config"])
+    spec = data["spec"]
+    merged = prepare_pretraining(
+        spec["datasets"],
+        config,
+        spec["exclude"],
+        data_dir,
+        spec["size"],
+        spec["exclude_test_structures"],
+        max_atoms=spec.get("max_atoms"),
+    )
+    saved = data.get("split_hashes") or {}
+    verified = None
+    if saved:
+        verified = saved.get("train") == data_hash(merged.splits.train) and saved.get(
+            "val"
+        ) == data_hash(merged.splits.val)
+    if verified is False:
+        raise MatxferError(
+            f"the datasets under {data_dir or 'the default data directory'} are not the ones "
+            f"shipped model {model.name!r} was trained on (their records hash differently)"
+        )
+    names = ", ".join(f"{n} {p['used']}" for n, p in data["properties"].items())
+    return PretrainingData(
+        merged.splits.train + merged.splits.val,
+        f"shipped model {model.name}: {names} (merged by crystal)",
+        spec,
+        verified,
+    )
+
+
 def pretraining_records(
     pretrained: str | Path,
     pretrain_data: str | Path | Sequence[Record] | None = None,
@@ -177,12 +220,13 @@ def pretraining_records(
     """The records a pre-trained model was trained on, for the leakage audit.
 
     Args:
-        pretrained: The pre-training run directory or one of its checkpoints.
+        pretrained: The pre-training run directory or one of its checkpoints, or a
+            shipped model's weights file (its records are re-read under ``data_dir``).
         pretrain_data: The pre-training dataset, when the run does not record
             it (a bare checkpoint): all its records
             count (for a named dataset or study folder: its pool); or the
             records themselves.
-        data_dir: Where named datasets live (for ``pretrain_data``).
+        data_dir: Where named datasets live (for ``pretrain_data`` and shipped models).
 
     Returns:
         The records, or ``None`` when neither the run nor ``pretrain_data`` tells.
@@ -196,6 +240,9 @@ def pretraining_records(
         return PretrainingData(records, f"all {len(records)} pool records of {pretrain_data}")
     if pretrain_data is not None:
         return PretrainingData(list(pretrain_data), f"{len(pretrain_data)} records given")
+    shipped = shipped_name_of(pretrained)
+    if shipped is not None:
+        return shipped_pretraining(shipped_model(shipped), data_dir)
     run_dir = run_dir_of(Path(pretrained))
     if run_dir is not None and (run_dir / MERGE_REPORT_FILE).is_file():
         return _multi_property_records(run_dir)
@@ -288,6 +335,14 @@ def pretrain_excluding(
     """
     from matxfer.training.run import train
 
+    shipped = shipped_name_of(pretrained)
+    if shipped is not None:
+        raise MatxferError(
+            f"{shipped!r} is a shipped model, which is not re-trained here: its training data "
+            "already leave out every crystal of the study's seven fixed test sets (matxfer "
+            f"models show {shipped}); to leave out your own test crystals, pre-train with "
+            "matxfer pretrain-multi --exclude-test-structures"
+        )
     run_dir = run_dir_of(Path(pretrained))
     spec = run_data_spec(run_dir) if run_dir is not None else None
     if run_dir is None or spec is None:

@@ -113,7 +113,8 @@ def load_members(run: Path, select: str | None, results: pd.DataFrame | None = N
     if unfinished:
         raise MatxferError(
             f"{run}: member(s) {', '.join(unfinished)} did not finish training; finish them "
-            "with the same `matxfer train ... --ensemble K --resume`, or move them out"
+            "with the command that made them (`matxfer train|finetune ... --ensemble K`) and "
+            "--resume, or move them out"
         )
     runs = pd.DataFrame({"job_id": [p.name for p in paths], "run_dir": [str(p) for p in paths]})
     return ensemble_of(runs, str(run))

@@ -7,7 +7,6 @@ module stays within a few minutes; what is tested is the bookkeeping, not accura
 
 from __future__ import annotations
 
-import gzip
 import json
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from builders import lock_held_elsewhere
+from tiny_data import subset
 from typer.testing import CliRunner
 
 from matxfer.cli import app
@@ -50,24 +50,12 @@ finetune:
 SpecMaker = Callable[..., Path]
 
 
-def _subset(source: Path, target: Path, pool: int, test: int) -> Path:
-    """A study folder with the first records of a shipped one (small: fast jobs)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name, count in (("pool.json.gz", pool), ("test.json.gz", test)):
-        if (source / name).is_file():
-            with gzip.open(source / name, "rt") as handle:
-                records = json.load(handle)[:count]
-            with gzip.open(target / name, "wt") as handle:
-                json.dump(records, handle)
-    return target
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data")
     return (
-        _subset(DEMO_DIR / "fe", root / "fe", 150, 0),
-        _subset(DEMO_DIR / "ph", root / "ph", 60, 24),
+        subset(DEMO_DIR / "fe", root / "fe", 150, 0),
+        subset(DEMO_DIR / "ph", root / "ph", 60, 24),
     )
 
 

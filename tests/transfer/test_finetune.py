@@ -31,7 +31,8 @@ from matxfer.training import (
     train,
 )
 from matxfer.training.checkpoint import read_checkpoint, split_state_dict
-from matxfer.training.inputs import DataSpec
+from matxfer.training.inputs import DataSpec, prepare_splits
+from matxfer.training.outputs import data_hash
 from matxfer.transfer.finetune import finetune, load_for_finetuning
 from matxfer.transfer.freeze import group_of
 from matxfer.transfer.pretrained import pretraining_records
@@ -272,6 +273,22 @@ def test_architecture_and_graphs_from_the_checkpoint_transform_refitted(
     # FT targets are about -40x the PT ones: a refitted transform has a negative mean.
     assert float(ft.transform.mean) < 0 < float(pt.transform.mean)
     assert ft_run.metrics["test"]["target"]["original"]["n"] == 10
+
+
+def test_prepared_splits_are_used_as_they_are(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An ensemble's members fine-tune on one split made with another seed than theirs.
+    monkeypatch.setenv("MATXFER_CACHE", str(tmp_path / "cache"))
+    spec = DataSpec(datasets["ft"], test=datasets["ft_test"])
+    config = tiny(epochs=1)
+    splits = prepare_splits(spec, config.model_copy(update={"seed": 5}))
+    result = finetune(splits, pt_run.run_dir, tmp_path / "ft", config=config, progress=False)
+    info = json.loads((result.run_dir / "run_info.json").read_text())
+    assert info["split_hashes"] == {part: data_hash(rs) for part, rs in splits.parts().items()}
+    assert info["split_hashes"]["val"] != data_hash(prepare_splits(spec, config).val)
+    assert info["data_spec"] == spec.to_dict()
+    assert json.loads((result.run_dir / "transfer.json").read_text())["leakage"]["audited"]
 
 
 class _EpochStates(pl.Callback):

@@ -24,7 +24,7 @@ from matxfer.data.records import Record
 from matxfer.data.registry import open_study_directory
 from matxfer.data.splits import split_count
 from matxfer.data.transforms import TargetTransform
-from matxfer.errors import ConfigError
+from matxfer.errors import ConfigError, DataError
 from matxfer.graphs import build_graphs
 from matxfer.graphs.config import GraphConfig
 from matxfer.locking import LockHeldError
@@ -89,8 +89,11 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_datasets(tmp_path_factory.mktemp("mpt_data"))
+
+
+def write_datasets(root: Path) -> dict[str, Path]:
     """Two study-layout folders (pool + fixed test) sharing 10 crystals under other ids."""
-    root = tmp_path_factory.mktemp("mpt_data")
     folders = {}
     for name, pool, test, label, moved in [
         ("alpha", ALPHA_POOL, ALPHA_TEST, label_alpha, False),
@@ -270,6 +273,18 @@ def test_size_samples_each_property_and_files_get_a_seeded_test_split(
     gamma = data.properties["g"]
     assert len(gamma.test) == split_count(20, 0.1) and gamma.available == 20 - len(gamma.test)
     assert not {r.id for r in gamma.test} & {r.id for r in gamma.pool}
+
+
+def test_max_atoms_keeps_small_cells_and_is_recorded(datasets: dict[str, Path]) -> None:
+    config = tiny_mpt_config()
+    data = prepare_pretraining(datasets, config, max_atoms=2)
+    assert data.spec["max_atoms"] == 2  # every crystal here has 2 atoms
+    assert len(data.splits.train) + len(data.splits.val) == data.merge.merged_total
+    assert all("cells of at most 2 atoms: " in p.source for p in data.properties.values())
+    with pytest.raises(DataError, match=r"a: none of its 21 pool records has at most 1 atoms"):
+        prepare_pretraining(datasets, config, max_atoms=1)
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        prepare_pretraining(datasets, config, max_atoms=0)
 
 
 def test_bad_exclusions(datasets: dict[str, Path]) -> None:

@@ -1,0 +1,67 @@
+"""Accuracy matrix: our scratch and fine-tuned test accuracy per property at one FT size,
+beside the study's published scratch and best fine-tuning.
+
+Reads one or more finished study directories (``matxfer study run``; e.g. the one
+``examples/studies/accuracy_matrix.yaml`` makes) and prints, per property of the
+study (fe bg gv ph dc pz ebg): our scratch R² and MAE mean ± std over the runs
+measured (n), each fine-tuning source's, the best source, minutes per run, and
+the study's scratch mean and best fine-tuning mean at that size
+(``matxfer/study/anchors.csv``). The last line counts the properties where we
+match or beat the study (see :mod:`matxfer.study.matrix`)::
+
+    beats_study: <k>/7 scratch, <m>/7 best-FT
+
+    python benchmarks/accuracy_matrix.py --study /work/studies/matrix
+    python benchmarks/accuracy_matrix.py --study A --study B --size 100 --json matrix.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--study", type=Path, action="append", required=True, help="study directory (repeatable)"
+    )
+    parser.add_argument("--size", type=int, default=800, help="FT size (default: 800)")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+
+    from matxfer.errors import MatxferError
+    from matxfer.study.matrix import accuracy_matrix, beats_line, format_matrix
+    from matxfer.study.store import read_results
+
+    try:
+        for study in args.study:
+            if not (study / "results").is_dir():
+                raise MatxferError(f"{study}: not a study directory (no results/ folder)")
+        results = pd.concat([read_results(study) for study in args.study], ignore_index=True)
+    except MatxferError as error:
+        sys.exit(f"error: {error}")
+    matrix = accuracy_matrix(results, args.size)
+    print(f"studies: {', '.join(str(s) for s in args.study)}")
+    print("\n".join(format_matrix(matrix, args.size)))
+    if args.json:
+        numbers = {
+            "studies": [str(s) for s in args.study],
+            "size": args.size,
+            "properties": [row.to_dict() for row in matrix],
+            "beats_study": beats_line(matrix).split(": ", 1)[1],
+            "beats_study_scratch": sum(row.beats_scratch for row in matrix),
+            "beats_study_best_ft": sum(row.beats_best_ft for row in matrix),
+        }
+        args.json.write_text(json.dumps(numbers, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The accuracy matrix (matxfer.study.matrix) and its script (benchmarks/accuracy_matrix.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import result_row
+
+from matxfer.study.matrix import PROPERTIES, accuracy_matrix, beats_line
+from matxfer.study.store import write_result
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy_matrix.py"
+
+
+def _runs(target: str, kind: str, source: str, r2s: list[float]) -> list[dict[str, object]]:
+    settings = (
+        {"source": "scratch", "pt_size": None, "strategy": None, "head": None, "lr": 1e-3}
+        if kind == "scratch"
+        else {"source": source, "pt_size": None, "head": "new"}
+    )
+    return [
+        result_row(
+            job_id=f"{target}-{source}-{trial}",
+            kind=kind,
+            target=target,
+            size=800.0,
+            trial=float(trial),
+            test_r2=r2,
+            test_mae=1 - r2,
+            seconds=120.0,
+            **settings,
+        )
+        for trial, r2 in enumerate(r2s, start=1)
+    ]
+
+
+@pytest.fixture
+def matrix_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic ph table (scratch 0.825 and fe → ph 0.865 at size 800) plus
+    mpt7-no-ph → ph (0.985), dc scratch (0.71) and mpt7-no-dc → dc (0.74), and a pz
+    fine-tuning without scratch (0.5); the study's means at 800 are ph 0.904 / best
+    FT 0.979, dc 0.653 / 0.697, pz -0.039 / 0.014."""
+    rows = [
+        *_runs("ph", "finetune", "mpt7-no-ph", [0.98, 0.99]),
+        *_runs("dc", "scratch", "scratch", [0.70, 0.72]),
+        *_runs("dc", "finetune", "mpt7-no-dc", [0.75, 0.73]),
+        *_runs("pz", "finetune", "mpt7", [0.5, 0.5]),
+    ]
+    return pd.concat([results, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_matrix_numbers_and_verdicts(matrix_results: pd.DataFrame) -> None:
+    matrix = {row.target: row for row in accuracy_matrix(matrix_results, 800)}
+    assert list(matrix) == list(PROPERTIES)
+    ph = matrix["ph"]
+    assert ph.scratch is not None and ph.scratch.n == 2
+    assert ph.scratch.r2_mean == pytest.approx(0.825)
+    assert ph.scratch.r2_std == pytest.approx(math.sqrt(2 * 0.025**2))
+    assert ph.scratch.minutes == pytest.approx(1.0)  # the fixture's 60 s per run
+    assert [a.label for a in ph.finetune] == [
+        "mpt7-no-ph → ph · all · new",
+        "fe → ph · all · reuse · PT 941",
+    ]  # best first
+    assert ph.best_ft is not None and ph.best_ft.minutes == pytest.approx(2.0)
+    assert ph.study_scratch is not None and ph.study_scratch.r2_mean == pytest.approx(0.90353)
+    assert ph.study_best_ft is not None and ph.study_best_ft.label == "mpt-no-ph → ph"
+    assert not ph.beats_scratch and ph.beats_best_ft
+    assert matrix["dc"].beats_scratch and matrix["dc"].beats_best_ft
+    # Fine-tuning without a scratch baseline of our own beats nothing.
+    assert matrix["pz"].scratch is None and not matrix["pz"].beats_best_ft
+    assert not matrix["fe"].measured and not matrix["fe"].beats_scratch
+    assert beats_line(list(matrix.values())) == "beats_study: 1/7 scratch, 2/7 best-FT"
+    # Another size has other runs (ph and fe → ph at 100, no study best FT row missing).
+    at_100 = {row.target: row for row in accuracy_matrix(matrix_results, 100)}
+    assert at_100["ph"].scratch is not None and at_100["ph"].scratch.n == 3
+    assert not at_100["dc"].measured
+
+
+def test_script_prints_and_writes_json(matrix_results: pd.DataFrame, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    for row in matrix_results.to_dict("records"):  # a table's NaN: an unset value
+        write_result(study, {k: None if pd.isna(v) else v for k, v in row.items()})
+    spec = importlib.util.spec_from_file_location("accuracy_matrix", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "matrix.json"
+    # The same study twice: its jobs count once.
+    printed = _capture(
+        module.main, ["--study", str(study), "--study", str(study), "--json", str(out)]
+    )
+    lines = printed.splitlines()
+    assert lines[-1] == "beats_study: 1/7 scratch, 2/7 best-FT"
+    assert "fe: not measured" in lines
+    assert any(line.startswith("ph: scratch R² 0.825 ± 0.035") and "n=2" in line for line in lines)
+    numbers = json.loads(out.read_text())
+    assert numbers["beats_study_scratch"] == 1 and numbers["beats_study_best_ft"] == 2
+    ph = next(p for p in numbers["properties"] if p["target"] == "ph")
+    assert ph["best_ft"]["label"] == "mpt7-no-ph → ph · all · new"
+    assert ph["scratch"]["n"] == 2
+    fe = next(p for p in numbers["properties"] if p["target"] == "fe")
+    assert fe["scratch"] is None and fe["study_scratch"]["r2_mean"] == pytest.approx(0.91257)
+
+
+def _capture(main: object, argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main(argv)  # type: ignore[operator]
+    return buffer.getvalue()
