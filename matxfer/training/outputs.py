@@ -106,6 +106,16 @@ def data_hash(records: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
+def split_hashes_match(
+    saved: dict[str, str], train: Sequence[Record], val: Sequence[Record]
+) -> bool | None:
+    """Whether ``train``/``val`` hash to the ``split_hashes`` a run recorded
+    (``None``: it recorded none)."""
+    if not saved:
+        return None
+    return saved.get("train") == data_hash(train) and saved.get("val") == data_hash(val)
+
+
 def prediction_columns(target_names: Sequence[str]) -> list[tuple[str, str]]:
     """(label column, prediction column) per target: ``target``/``prediction`` for one
     target, ``<name>``/``<name>_prediction`` for several."""

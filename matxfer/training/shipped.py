@@ -26,13 +26,13 @@ wheel because the project's users may have no network at all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matxfer.atomic import atomic_path
+from matxfer.data.download import sha256_of
 from matxfer.errors import MatxferError
 
 #: Where the shipped models live inside the package.
@@ -89,7 +89,7 @@ class ShippedModel:
             MatxferError: The file was changed or truncated (reinstalling restores it).
         """
         expected = self.card["weights"]["sha256"]
-        actual = file_sha256(self.weights)
+        actual = sha256_of(self.weights)
         if actual != expected:
             raise MatxferError(
                 f"shipped model {self.name!r}: {self.weights} has sha256 {actual[:12]}…, its "
@@ -157,15 +157,6 @@ class ShippedModel:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_card(path: Path) -> dict[str, Any]:
@@ -277,7 +268,7 @@ def pack(
             "file": weights.name,
             "dtype": "float16",
             "bytes": weights.stat().st_size,
-            "sha256": file_sha256(weights),
+            "sha256": sha256_of(weights),
         },
     }
     with atomic_path(directory / f"{name}{CARD_SUFFIX}") as tmp:

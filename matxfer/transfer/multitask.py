@@ -65,7 +65,7 @@ from matxfer.errors import ConfigError, DataError, MatxferError
 from matxfer.locking import DirectoryLock
 from matxfer.training.config import TrainConfig, resolve_config
 from matxfer.training.inputs import Splits, prepare_splits
-from matxfer.training.outputs import data_hash, write_json
+from matxfer.training.outputs import split_hashes_match, write_json
 from matxfer.training.run import TrainResult, train
 from matxfer.training.rundir import (
     MERGE_REPORT_FILE,
@@ -344,24 +344,29 @@ def recorded_pretraining(run_dir: str | Path) -> tuple[PretrainData, bool | None
         spec = json.loads((run_dir / MERGE_REPORT_FILE).read_text())["spec"]
     except (OSError, ValueError, KeyError) as error:
         raise MatxferError(f"{run_dir}: not a multi-property pre-training run ({error})") from None
-    info = read_run_info(run_dir)
-    config = read_config(run_dir)
+    return replay_pretraining(
+        spec, read_config(run_dir), read_run_info(run_dir).get("split_hashes", {}), spec["data_dir"]
+    )
+
+
+def replay_pretraining(
+    spec: Mapping[str, Any],
+    config: TrainConfig,
+    split_hashes: dict[str, str],
+    data_dir: str | Path | None,
+) -> tuple[PretrainData, bool | None]:
+    """Prepare again the data a merge ``spec`` (``merge_report.json``'s) describes, under
+    ``data_dir``, and whether they match the recorded ``split_hashes`` (``None``: none)."""
     data = prepare_pretraining(
         spec["datasets"],
         config,
         spec["exclude"],
-        spec["data_dir"],
+        data_dir,
         spec["size"],
         spec["exclude_test_structures"],
         max_atoms=spec.get("max_atoms"),
     )
-    saved = info.get("split_hashes", {})
-    if not saved:
-        return data, None
-    return data, (
-        saved.get("train") == data_hash(data.splits.train)
-        and saved.get("val") == data_hash(data.splits.val)
-    )
+    return data, split_hashes_match(split_hashes, data.splits.train, data.splits.val)
 
 
 def pretrain_multi(

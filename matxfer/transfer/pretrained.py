@@ -33,7 +33,7 @@ from matxfer.locking import locks_directory
 from matxfer.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 from matxfer.training.config import TrainConfig
 from matxfer.training.inputs import DataSpec, Splits, prepare_splits
-from matxfer.training.outputs import data_hash, write_json
+from matxfer.training.outputs import data_hash, split_hashes_match, write_json
 from matxfer.training.rundir import (
     CONFIG_FILE,
     MERGE_REPORT_FILE,
@@ -178,26 +178,12 @@ def shipped_pretraining(model: ShippedModel, data_dir: str | Path | None = None)
             data directory), or they do not hash to what the model was trained on.
     """
     # Imported here: multitask imports Lightning (via training.run).
-    from matxfer.transfer.multitask import prepare_pretraining
+    from matxfer.transfer.multitask import replay_pretraining
 
     data = model.card["data"]
     config = TrainConfig.model_validate(model.card["recipe"]["config"])
     spec = data["spec"]
-    merged = prepare_pretraining(
-        spec["datasets"],
-        config,
-        spec["exclude"],
-        data_dir,
-        spec["size"],
-        spec["exclude_test_structures"],
-        max_atoms=spec.get("max_atoms"),
-    )
-    saved = data.get("split_hashes") or {}
-    verified = None
-    if saved:
-        verified = saved.get("train") == data_hash(merged.splits.train) and saved.get(
-            "val"
-        ) == data_hash(merged.splits.val)
+    merged, verified = replay_pretraining(spec, config, data.get("split_hashes") or {}, data_dir)
     if verified is False:
         raise MatxferError(
             f"the datasets under {data_dir or 'the default data directory'} are not the ones "
@@ -255,10 +241,7 @@ def pretraining_records(
             f"cannot re-read the pre-training data of {run_dir} ({error}); "
             "pass it with --pretrain-data, or skip the audit with --no-audit"
         ) from None
-    saved = read_run_info(run_dir).get("split_hashes", {})
-    verified = None
-    if saved:
-        verified = saved.get("train") == data_hash(train) and saved.get("val") == data_hash(val)
+    verified = split_hashes_match(read_run_info(run_dir).get("split_hashes", {}), train, val)
     return PretrainingData(train + val, source, spec, verified)
 
 
