@@ -174,7 +174,7 @@ def card_from_run(
             "epochs": run_metrics.get("epochs_trained"),
             "best_epoch": run_metrics.get("best_epoch"),
             "seed": config.seed,
-            "seconds": round(trained_seconds(run_dir / LAST_CHECKPOINT), 1),
+            "seconds": round(trained_seconds(run_dir / LAST_CHECKPOINT), 3),
             "machine": machine,
             "matxfer_version": info.get("matxfer_version"),
             "torch_version": info.get("torch_version"),
