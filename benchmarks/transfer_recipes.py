@@ -106,6 +106,17 @@ RECIPES: dict[str, Recipe] = {
     "ftfe": Recipe(f"{SHIPPED}fe", {"head": "new"}),
     "ftfe-reuse": Recipe(f"{SHIPPED}fe"),
     "ftbg": Recipe(f"{SHIPPED}bg", {"head": "new"}),
+    "ftbg-reuse": Recipe(f"{SHIPPED}bg"),
+    # Heavy tails (dc, ebg): the Yeo-Johnson target transform instead of the study's affine one.
+    "scratch-yj": Recipe(None, config={"target_transform": "yeo-johnson"}),
+    "ftmpt7-yj": Recipe(
+        f"{SHIPPED}mpt7-no-{{data}}", {"head": "new"}, {"target_transform": "yeo-johnson"}
+    ),
+    # Weights averaged over about the last 100 optimizer steps (ema_decay).
+    "scratch-ema": Recipe(None, config={"ema_decay": 0.99}),
+    # Out of domain (jarvis2d): the MPT model on all seven study properties.
+    "ftmpt7all": Recipe(f"{SHIPPED}mpt7", {"head": "new"}),
+    "ftmpt7all-bg": Recipe(f"{SHIPPED}mpt7", {"head_outputs": ["bg"]}),
 }
 #: Rows pooling one recipe over several pre-training samples.
 POOLED: dict[str, tuple[str, ...]] = {
@@ -119,8 +130,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, required=True, help="cache of PT and FT runs")
     parser.add_argument("--data", default="ph", help="fine-tuning dataset (default: ph)")
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--trial", type=int, default=1)
+    parser.add_argument("--size", type=int, default=100, help="0: the whole pool")
+    parser.add_argument("--trial", type=int, default=1, help="0: no trial subsets (e.g. jarvis2d)")
+    parser.add_argument(
+        "--test-seed",
+        type=int,
+        default=0,
+        help="seed of the held-out test share where the data has no fixed test set; "
+        "fixed, so every seed and recipe is scored on the same structures",
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--recipes", default="scratch,ft", help=f"of: {', '.join(RECIPES)}")
     parser.add_argument("--table-only", action="store_true", help="print cached runs only")
@@ -149,6 +167,18 @@ def pretrain(name: str, out: Path, data_dir: str) -> Path:
     )
 
 
+def runs_of(args: argparse.Namespace) -> Path:
+    """The folder of one dataset and size's runs: ``OUT/<data><size>`` (``<data>all``)."""
+    return args.out / f"{args.data}{args.size or 'all'}"
+
+
+def describe_split(args: argparse.Namespace) -> str:
+    trial = f"trial {args.trial}" if args.trial else "no trials"
+    size = f"size {args.size}" if args.size else "whole pool"
+    held_out = f"test set: fixed where the data has one, else 10 % (seed {args.test_seed})"
+    return f"{args.data}, {trial}, {size}, {held_out}"
+
+
 def run_recipe(args: argparse.Namespace, name: str, seed: int) -> Path:
     """Train recipe ``name`` at ``seed`` unless cached; returns its run directory."""
     from matxfer.training import resolve_config, train
@@ -156,9 +186,14 @@ def run_recipe(args: argparse.Namespace, name: str, seed: int) -> Path:
 
     recipe = RECIPES[name]
     data_dir = str(args.data_dir.resolve())
-    run_dir = args.out / f"{args.data}{args.size}" / name / f"s{seed}"
-    config = resolve_config("fast", {**recipe.config, "seed": seed})
-    data = {"data_dir": data_dir, "trial": args.trial, "size": args.size, "progress": False}
+    run_dir = runs_of(args) / name / f"s{seed}"
+    config = resolve_config("fast", {**recipe.config, "seed": seed, "test_seed": args.test_seed})
+    data = {
+        "data_dir": data_dir,
+        "trial": args.trial or None,
+        "size": args.size or None,
+        "progress": False,
+    }
     if recipe.pt is None:
         return cached_run(
             run_dir,
@@ -225,7 +260,7 @@ def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt
 def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
     """Mean ± std (SE) of test R² and MAE per recipe over the cached seeds, and the
     mean (SE) of the paired differences to scratch at the same seeds."""
-    base = args.out / f"{args.data}{args.size}"
+    base = runs_of(args)
     results: dict[str, dict[int, dict[str, float]]] = {}
     for name in RECIPES:
         done = {s: base / name / f"s{s}" for s in seeds if finished(base / name / f"s{s}")}
@@ -233,7 +268,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
             results[name] = {
                 s: {**test_metrics(d), "minutes": run_minutes(d)} for s, d in done.items()
             }
-    print(f"\n{args.data}, trial {args.trial}, size {args.size}, fixed test set, fast profile")
+    print(f"\n{describe_split(args)}, fast profile")
     print(
         f"{'recipe':<23}{'n':>3}  {'R² mean±std (SE)':<21}{'MAE mean±std (SE)':<21}"
         f"{'ΔR² (SE)':<17}{'ΔMAE (SE)':<17}{'min/run':>7}  PT source"

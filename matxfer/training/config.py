@@ -92,6 +92,11 @@ class ModelSettings(BaseModel):
         return data
 
 
+#: Fields added after runs and studies existed: written only when set (not ``None``), so
+#: the configs, resume checks and study job ids of earlier runs stay the same.
+_WRITTEN_WHEN_SET = ("ema_decay",)
+
+
 class TrainConfig(BaseModel):
     """Everything that determines a training run (data paths excepted).
 
@@ -117,7 +122,8 @@ class TrainConfig(BaseModel):
             runs of several seeds on one test set (default: ``None``).
         sampling: How ``size`` records are drawn from a larger pool (default: ``"random"``).
         target_transform: Target normalisation fitted on the training split;
-            ``both`` is the study's standardize-then-[-1, 1] (default: ``"both"``).
+            ``both`` is the study's standardize-then-[-1, 1]; ``yeo-johnson`` tames
+            heavy tails with a fitted power map (default: ``"both"``).
         num_workers: Data-loader worker processes; 0 keeps runs reproducible (default: ``0``).
         accelerator: Lightning accelerator, ``auto`` uses a GPU when present (default: ``"auto"``).
         max_minutes: Wall-clock budget of training, checked at the end of each
@@ -131,6 +137,14 @@ class TrainConfig(BaseModel):
         strategy: ``auto`` (DDP when ``devices`` > 1) or ``ddp`` (also for one
             device). Both are execution settings: a resumed run may change them,
             the global batches stay the same (default: ``"auto"``).
+        ema_decay: Keep an exponential moving average of the weights,
+            :math:`\\bar\\theta \\leftarrow d\\,\\bar\\theta + (1 - d)\\,\\theta` after every
+            optimizer step, and validate, checkpoint and test it instead of the trained
+            weights (:mod:`~matxfer.training.averaging`): averaged weights are smoother
+            and often generalise better on small data. Typical 0.99-0.999 (an average
+            over about the last 100-1000 steps); ``None``: off. Written to configs only
+            when set, so configs and study job ids from before it existed stay the same
+            (default: ``None``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -158,6 +172,15 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0)
     devices: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_late_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in _WRITTEN_WHEN_SET:
+            if getattr(self, key) is None:
+                data.pop(key, None)
+        return data
 
     @field_validator("devices")
     @classmethod

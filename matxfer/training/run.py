@@ -32,6 +32,7 @@ from matxfer.data.transforms import TargetTransform
 from matxfer.locking import DirectoryLock
 from matxfer.models import ALIGNN
 from matxfer.ranks import is_secondary_rank
+from matxfer.training.averaging import EMAWeights
 from matxfer.training.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -172,7 +173,9 @@ def make_trainer(
     out: Path, config: TrainConfig, progress: bool, callbacks: Sequence[Callback] = ()
 ) -> pl.Trainer:
     """Lightning trainer with atomic checkpoints of the best and the last epoch, on
-    ``config.devices`` data-parallel processes (see :mod:`~matxfer.training.distributed`)."""
+    ``config.devices`` data-parallel processes (see :mod:`~matxfer.training.distributed`),
+    with an average of the weights when ``config.ema_decay`` is set
+    (:mod:`~matxfer.training.averaging`)."""
     _quiet_lightning()
     best = ModelCheckpoint(
         dirpath=out,
@@ -201,6 +204,8 @@ def make_trainer(
     if config.max_minutes is not None:
         # Checked at epoch ends, so every epoch trained is also validated.
         stoppers.append(Timer(timedelta(minutes=config.max_minutes), interval="epoch"))
+    # Validation, both checkpoints' weights and the end of training use the average.
+    averaging = [] if config.ema_decay is None else [EMAWeights(config.ema_decay)]
     return pl.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -209,7 +214,7 @@ def make_trainer(
         # The data module shares each shuffled epoch among the processes itself.
         use_distributed_sampler=False,
         deterministic="warn",
-        callbacks=[best, last, EpochTimer(), *stoppers, *callbacks],
+        callbacks=[best, last, EpochTimer(), *averaging, *stoppers, *callbacks],
         logger=[
             # Flushed every epoch so a killed run keeps its log up to its last checkpoint.
             CSVLogger(out / LOG_DIR, name=CSV_LOGGER, version="", flush_logs_every_n_steps=1),

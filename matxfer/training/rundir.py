@@ -191,7 +191,8 @@ def check_run_dir(
     if saved is not None:
         saved = {k: v for k, v in saved.items() if k not in PARALLEL_KEYS}
     if saved is not None and saved != current:
-        changed = sorted(k for k in current if saved.get(k) != current[k])
+        # Both sides' keys: a field written only when set (ema_decay) may be in one alone.
+        changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
         raise ConfigError(
             f"{out}: cannot resume with a different config (changed: {changed}); "
             f"use the options of the interrupted run (see {saved_path}) or a new --out"

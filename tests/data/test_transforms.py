@@ -136,3 +136,86 @@ def test_bad_use_gives_clear_errors() -> None:
     fitted = TargetTransform(num_targets=2).fit(torch.rand(4, 2))
     with pytest.raises(DataError, match="last dimension 2"):
         fitted(torch.zeros(4, 3))
+
+
+def test_yeo_johnson_makes_heavy_tails_symmetric_with_scipys_lambda() -> None:
+    from scipy import stats
+
+    y = skewed_targets()
+    transform = TargetTransform("yeo-johnson", num_targets=2).fit(y)
+    out = transform(y).numpy()
+    for column in range(2):
+        known = y[:, column].numpy()
+        known = known[~np.isnan(known)]
+        z = (known - known.mean()) / known.std()
+        assert transform.power_lambda[column] == pytest.approx(stats.yeojohnson_normmax(z))
+        mapped = out[:, column][~np.isnan(out[:, column])]
+        np.testing.assert_allclose([mapped.mean(), mapped.std()], [0.0, 1.0], atol=1e-9)
+        # The lognormal tail is tamed: skewness (1.8 and 8.4 here) falls at least fourfold.
+        assert stats.skew(known) > 1.5 and abs(stats.skew(mapped)) < stats.skew(known) / 4
+    assert torch.equal(torch.isnan(transform(y)), torch.isnan(y))
+
+
+def test_yeo_johnson_matches_scipy_on_both_branches_and_special_lambdas() -> None:
+    from scipy import stats
+
+    from matxfer.data.transforms import yeo_johnson, yeo_johnson_inverse
+
+    z = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    for lam in (-1.5, 0.0, 0.7, 2.0, 3.0):
+        mapped = yeo_johnson(z, torch.tensor([lam], dtype=torch.float64))
+        np.testing.assert_allclose(mapped.numpy(), stats.yeojohnson(z.numpy(), lam), atol=1e-12)
+        back = yeo_johnson_inverse(mapped, torch.tensor([lam], dtype=torch.float64))
+        np.testing.assert_allclose(back.numpy(), z.numpy(), atol=1e-9)
+
+
+def test_yeo_johnson_keeps_extrapolating_predictions_finite_and_near_the_training_range() -> None:
+    # A right tail gives lambda < 0: the map is bounded above and its inverse explodes there.
+    y = torch.tensor(np.random.default_rng(1).lognormal(0.0, 1.5, size=(300, 1)))
+    transform = TargetTransform("yeo-johnson").fit(y)
+    assert transform.power_lambda[0] < 0
+    predictions = transform.inverse(
+        torch.tensor([[-1e6], [-50.0], [50.0], [1e6], [np.nan]], dtype=torch.float64)
+    )
+    low, high = float(y.min()), float(y.max())
+    margin = (high - low) / 2
+    assert predictions[:4].isfinite().all() and predictions[4].isnan()
+    assert torch.allclose(
+        predictions[[0, 3], 0], torch.tensor([low - margin, high + margin]).double()
+    )
+    assert (predictions[:4] >= low - margin).all() and (predictions[:4] <= high + margin).all()
+
+
+def test_yeo_johnson_survives_state_dict_and_json_round_trips() -> None:
+    y = skewed_targets()
+    fitted = TargetTransform("yeo-johnson", num_targets=2).fit(y)
+    buffer = io.BytesIO()
+    torch.save(fitted.state_dict(), buffer)
+    buffer.seek(0)
+    restored = TargetTransform("standardize", num_targets=2)
+    restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    from_json = TargetTransform.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    for other in (restored, from_json):
+        assert other.kind == "yeo-johnson"
+        torch.testing.assert_close(other(y), fitted(y), rtol=0, atol=0, equal_nan=True)
+    assert "lambda=" in repr(restored)
+    with pytest.raises(ConfigError, match="not linear"):
+        fitted.scale_factor()
+
+
+def test_a_state_dict_written_before_yeo_johnson_existed_still_loads() -> None:
+    y = skewed_targets()
+    fitted = TargetTransform("both", num_targets=2).fit(y)
+    old = fitted.state_dict()
+    assert old["_extra_state"] == {"kind": "both"}  # what older checkpoints hold
+    restored = TargetTransform("standardize", num_targets=2)
+    restored.load_state_dict(old, strict=True)
+    torch.testing.assert_close(restored(y), fitted(y), rtol=0, atol=0, equal_nan=True)
+
+
+def test_yeo_johnson_without_spread_is_the_identity_map() -> None:
+    with pytest.warns(UserWarning, match="zero spread"):
+        transform = TargetTransform("yeo-johnson", num_targets=2).fit(
+            torch.tensor([[2.0, 1.0], [2.0, 3.0], [2.0, 4.0]])
+        )
+    assert transform.power_lambda[0] == 1.0

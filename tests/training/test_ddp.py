@@ -118,11 +118,18 @@ def even_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_two_cpu_processes_compute_what_one_does(even_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "ema_decay", [None, pytest.param(0.9, marks=pytest.mark.slow)], ids=["trained", "averaged"]
+)
+def test_two_cpu_processes_compute_what_one_does(
+    even_data: Path, tmp_path: Path, ema_decay: float | None
+) -> None:
     """3 shuffled epochs of 4 steps (batch 8 = 2 ranks × 4), LayerNorm: DDP averages
     the two half-batch gradients into the one-process gradient of the same global
-    batch, so every number agrees up to float summation order (measured: ~1e-7)."""
-    config = tiny_config()  # the fast profile's LayerNorm: no per-rank batch statistics
+    batch, so every number agrees up to float summation order (measured: ~1e-7).
+    With ``ema_decay`` every process averages the same weights: still the same numbers."""
+    # The fast profile's LayerNorm: no per-rank batch statistics.
+    config = tiny_config(ema_decay=ema_decay)
     single = train(even_data, tmp_path / "one", config=config, progress=False)
     assert single.metrics["best_epoch"] is not None
     config_file = tmp_path / "config.yaml"

@@ -301,3 +301,23 @@ def test_resume_refuses_corrupted_checkpoints_and_other_data(
     (copy / "last.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(MatxferError, match="corrupted"):
         train(tiny_data, copy, config=tiny_config(), resume=True, progress=False)
+
+
+def test_a_yeo_johnson_run_reports_and_reloads_in_original_units(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    result = train(
+        tiny_data,
+        tmp_path / "yj",
+        config=tiny_config(target_transform="yeo-johnson"),
+        progress=False,
+    )
+    assert result.metrics["target_transform"] == "yeo-johnson"
+    frame = pd.read_csv(result.run_dir / "predictions_test.csv")
+    by_id = {r.id: r for r in read_dataset(tiny_data).records}
+    predictor = load_predictor(result.run_dir, device="cpu")
+    assert predictor.loaded.transform.kind == "yeo-johnson"
+    again = predictor.predict([by_id[i].structure for i in frame["id"]])
+    assert np.allclose(again[:, 0], frame["prediction"], atol=1e-5)
+    # Targets are ~100 + O(1): outputs left in transformed units would be near 0.
+    assert abs(frame["prediction"].mean() - frame["target"].mean()) < 5

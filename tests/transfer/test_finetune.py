@@ -235,6 +235,35 @@ def test_frozen_groups_stay_bit_identical_batchnorm_statistics_included(
         assert moved == {"three_body", "head"}, name
 
 
+def test_weight_averaging_keeps_frozen_groups_bit_identical(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
+) -> None:
+    # The average of a weight that does not change is that weight, exactly (ema_decay).
+    result = finetune(
+        datasets["ft"],
+        pt_run.run_dir,
+        tmp_path / "ft",
+        strategy="three_body_only",
+        test=datasets["ft_test"],
+        config=tiny(epochs=2).model_copy(update={"ema_decay": 0.9}),
+        probe_epochs=1,
+        audit=False,
+        progress=False,
+        callbacks=[TrainModeEverywhere()],
+    )
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["ema_decay"] == 0.9
+    before = model_state(pt_run.best_checkpoint)
+    for name in ("best.ckpt", "last.ckpt"):
+        saved = read_checkpoint(result.run_dir / name)
+        averaged = split_state_dict(saved["state_dict"], "model")
+        trained = split_state_dict(saved["current_model_state"], "model")
+        for key, value in before.items():
+            if group_of(key) in {"embedding", "two_body", "gcn"}:
+                assert torch.equal(averaged[key], value), f"{name}: frozen {key} changed"
+        moved = {group_of(k) for k, v in averaged.items() if not torch.equal(v, trained[k])}
+        assert moved == {"three_body", "head"}, name  # the average of what trained
+
+
 def test_transfer_record(pt_run: TrainResult, ft_run: TrainResult) -> None:
     record = json.loads((ft_run.run_dir / "transfer.json").read_text())
     checkpoint = Path(record["pretrained"]["checkpoint"])
