@@ -21,6 +21,9 @@ given some recipes and a last one with ``--table-only`` prints the table.
         --recipes scratch,ftdemo --seeds 0,1,2,3,4
     python benchmarks/transfer_recipes.py --out RUNS --table-only
     python benchmarks/transfer_recipes.py --out RUNS --data dc --table-only
+    # jarvis2d has no trials or fixed test set: the whole pool, 10 % held out (seed 0)
+    python benchmarks/transfer_recipes.py --out RUNS --data jarvis2d --trial 0 --size 0 \\
+        --recipes scratch,ftmpt7all-bg
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     # Weights averaged over about the last 100 optimizer steps (ema_decay).
     "scratch-ema": Recipe(None, config={"ema_decay": 0.99}),
+    "ftfe-reuse-ema": Recipe(f"{SHIPPED}fe", config={"ema_decay": 0.99}),
     # Out of domain (jarvis2d): the MPT model on all seven study properties.
     "ftmpt7all": Recipe(f"{SHIPPED}mpt7", {"head": "new"}),
     "ftmpt7all-bg": Recipe(f"{SHIPPED}mpt7", {"head_outputs": ["bg"]}),

@@ -179,15 +179,19 @@ class TargetTransform(nn.Module):
     def _power_state(self) -> dict[str, list[float]]:
         return {name: getattr(self, name).tolist() for name in _POWER}
 
+    def _column_values(self, name: str, values: Any) -> Tensor:
+        """``values`` as a float64 vector of one entry per column, or a ConfigError."""
+        column = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if column.numel() != self.num_targets:
+            raise ConfigError(
+                f"target transform {name!r} has {column.numel()} values, "
+                f"expected {self.num_targets}"
+            )
+        return column
+
     def _set_power_state(self, power: dict[str, Any]) -> None:
         for name in _POWER:
-            values = torch.as_tensor(power[name], dtype=torch.float64).reshape(-1)
-            if values.numel() != self.num_targets:
-                raise ConfigError(
-                    f"target transform {name!r} has {values.numel()} values, "
-                    f"expected {self.num_targets}"
-                )
-            setattr(self, name, values)
+            setattr(self, name, self._column_values(name, power[name]))
 
     def get_extra_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"kind": self.kind}
@@ -384,13 +388,7 @@ class TargetTransform(nn.Module):
             raise ConfigError(f"target transform description lacks {missing}")
         transform = cls(kind=data["kind"], num_targets=int(data["num_targets"]))
         for name in _STATS:
-            values = torch.as_tensor(data[name], dtype=torch.float64).reshape(-1)
-            if values.numel() != transform.num_targets:
-                raise ConfigError(
-                    f"target transform {name!r} has {values.numel()} values, "
-                    f"expected {transform.num_targets}"
-                )
-            getattr(transform, name).copy_(values)
+            getattr(transform, name).copy_(transform._column_values(name, data[name]))
         if "power" in data:
             transform._set_power_state(data["power"])
         transform.fitted.fill_(bool(data["fitted"]))

@@ -21,6 +21,16 @@ def skewed_targets(n: int = 200, columns: int = 2, seed: int = 0) -> torch.Tenso
     return torch.tensor(y)
 
 
+def through_state_dict(fitted: TargetTransform) -> TargetTransform:
+    """A fresh ``standardize`` transform loaded (strictly) from ``fitted``'s saved state."""
+    buffer = io.BytesIO()
+    torch.save(fitted.state_dict(), buffer)
+    buffer.seek(0)
+    restored = TargetTransform("standardize", num_targets=fitted.num_targets)
+    restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    return restored
+
+
 @pytest.mark.parametrize("kind", TRANSFORM_KINDS)
 def test_inverse_undoes_transform(kind: str) -> None:
     y = skewed_targets()
@@ -88,11 +98,7 @@ def test_zero_spread_column_warns_and_uses_scale_one() -> None:
 def test_state_dict_round_trip_restores_kind_and_statistics() -> None:
     y = skewed_targets()
     fitted = TargetTransform("minmax", num_targets=2).fit(y)
-    buffer = io.BytesIO()
-    torch.save(fitted.state_dict(), buffer)
-    buffer.seek(0)
-    restored = TargetTransform("standardize", num_targets=2)
-    restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    restored = through_state_dict(fitted)
     assert restored.kind == "minmax"
     torch.testing.assert_close(restored(y), fitted(y), rtol=0, atol=0, equal_nan=True)
     assert "kind='minmax'" in repr(restored)
@@ -189,11 +195,7 @@ def test_yeo_johnson_keeps_extrapolating_predictions_finite_and_near_the_trainin
 def test_yeo_johnson_survives_state_dict_and_json_round_trips() -> None:
     y = skewed_targets()
     fitted = TargetTransform("yeo-johnson", num_targets=2).fit(y)
-    buffer = io.BytesIO()
-    torch.save(fitted.state_dict(), buffer)
-    buffer.seek(0)
-    restored = TargetTransform("standardize", num_targets=2)
-    restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    restored = through_state_dict(fitted)
     from_json = TargetTransform.from_dict(json.loads(json.dumps(fitted.to_dict())))
     for other in (restored, from_json):
         assert other.kind == "yeo-johnson"
