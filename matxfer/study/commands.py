@@ -19,7 +19,7 @@ from rich.table import Table
 from matxfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from matxfer.study.jobs import Job, StudyPlan
+    from matxfer.study.plan import Job, StudyPlan
     from matxfer.study.spec import StudySpec
 
 study_app = typer.Typer(

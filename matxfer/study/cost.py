@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from matxfer.study.datasets import dataset_facts
-from matxfer.study.jobs import Job
+from matxfer.study.plan import Job
 
 CALIBRATION_FILE = "study_calibration.json"
 #: Data, structures and epochs of the calibration run.

@@ -42,7 +42,7 @@ from typing import Any, Literal
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.locking import DirectoryLock
 from matxfer.study.execute import run_job
-from matxfer.study.jobs import Job, StudyPlan
+from matxfer.study.plan import Job, StudyPlan
 from matxfer.study.store import read_results, write_result
 
 ExecutorName = Literal["local", "ray"]

@@ -26,7 +26,8 @@ from matxfer.data.registry import DEMO_DIR
 from matxfer.errors import ConfigError
 from matxfer.locking import DirectoryLock, LockHeldError
 from matxfer.study.executors import run_study
-from matxfer.study.jobs import StudyPlan, plan_study
+from matxfer.study.jobs import plan_study
+from matxfer.study.plan import StudyPlan
 from matxfer.study.spec import load_spec
 from matxfer.study.store import COLUMNS, read_results
 from matxfer.training.outputs import epoch_log
