@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matxfer.training.rundir import is_finished, read_config  # noqa: E402
+from matxfer.training.rundir import MERGE_REPORT_FILE, is_finished, read_config  # noqa: E402
 from matxfer.training.shipped import SHIPPED_DIR  # noqa: E402
 
 #: What each shipped model is, in one line.
@@ -40,7 +40,7 @@ def command_of(run_dir: Path) -> str:
     """The ``matxfer pretrain-multi`` command that trained ``run_dir`` (from its records)."""
     import json
 
-    spec = json.loads((run_dir / "merge_report.json").read_text())["spec"]
+    spec = json.loads((run_dir / MERGE_REPORT_FILE).read_text())["spec"]
     config = read_config(run_dir)
     parts = ["matxfer pretrain-multi", *spec["datasets"]]
     parts += [f"--exclude {name}" for name in spec["exclude"]]

@@ -79,6 +79,15 @@ _TINY = 1e-300
 _RANGE_MARGIN = 0.5
 
 
+def _column_mean_std(values: Tensor, labelled: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population std (ddof 0, so standardized training targets have std
+    exactly 1) of each column of ``values`` ``[N, P]`` over its ``labelled`` entries."""
+    count = labelled.sum(dim=0)
+    mean = torch.where(labelled, values, 0.0).sum(dim=0) / count
+    std = (torch.where(labelled, values - mean, 0.0) ** 2).sum(dim=0).div(count).sqrt()
+    return mean, std
+
+
 def _branches(values: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Split ``values`` at 0 and make λ safe to divide by, for both Yeo-Johnson branches."""
     positive = values >= 0  # NaN is not: it flows through the negative branch and stays NaN
@@ -226,10 +235,7 @@ class TargetTransform(nn.Module):
         if bool((count == 0).any()):
             empty = torch.nonzero(count == 0).flatten().tolist()
             raise DataError(f"target column(s) {empty} have no labelled training value")
-        filled = torch.where(labelled, values, 0.0)
-        mean = filled.sum(dim=0) / count
-        # Population std (ddof 0), so standardized training targets have std exactly 1.
-        std = (torch.where(labelled, values - mean, 0.0) ** 2).sum(dim=0).div(count).sqrt()
+        mean, std = _column_mean_std(values, labelled)
         y_min = torch.where(labelled, values, torch.inf).amin(dim=0)
         y_max = torch.where(labelled, values, -torch.inf).amax(dim=0)
         for name, stat in zip(_STATS, (mean, std, y_min, y_max), strict=True):
@@ -251,10 +257,7 @@ class TargetTransform(nn.Module):
             known = z[labelled[:, column], column].numpy()
             if self.std[column] > 0 and len(known) >= 3:
                 lam[column] = float(yeojohnson_normmax(known))
-        mapped = yeo_johnson(z, lam)
-        count = labelled.sum(dim=0)
-        mean = torch.where(labelled, mapped, 0.0).sum(dim=0) / count
-        spread = (torch.where(labelled, mapped - mean, 0.0) ** 2).sum(dim=0).div(count).sqrt()
+        mean, spread = _column_mean_std(yeo_johnson(z, lam), labelled)
         self.power_lambda = lam
         self.power_mean = mean
         self.power_std = torch.where(spread > 0, spread, 1.0)
