@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transfer import cached_run, finished, test_metrics  # noqa: E402  (benchmarks/transfer.py)
 
+from matxfer.training.metrics import mean_std_se  # noqa: E402
+
 
 @dataclass(frozen=True)
 class PTSource:
@@ -232,13 +234,6 @@ def run_minutes(run_dir: Path) -> float:
 
     log = epoch_log(run_dir / "logs" / "csv")
     return float(log["epoch_seconds"].sum()) / 60 if "epoch_seconds" in log else math.nan
-
-
-def mean_std_se(values: list[float]) -> tuple[float, float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return mean, std, std / math.sqrt(n)
 
 
 def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt: str) -> str:

@@ -311,6 +311,13 @@ def demo(
             help="Fine-tuning sizes (trial-1 subsets of the phonon pool), comma-separated."
         ),
     ] = "100,800",
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Seeds of the scratch and fine-tuning runs, comma-separated (e.g. 0,1,2,3,4):"
+            " mean ± std and the paired gain over them. Default: one seed (0)."
+        ),
+    ] = None,
     quick: Annotated[
         bool,
         typer.Option(
@@ -325,16 +332,18 @@ def demo(
     CPU cores. Prints a comparison table and writes DIR/demo_results.csv/json and
     DIR/demo_summary.png.
     """
-    from matxfer.transfer.demo import parse_sizes, results_table, run_demo
+    from matxfer.transfer.demo import parse_seeds, parse_sizes, run_demo
+    from matxfer.transfer.demo_report import results_table
 
     result = run_demo(
         out,
         parse_sizes(sizes),
+        seeds=parse_seeds(seeds) if seeds is not None else None,
         quick=quick,
         progress=progress,
         echo=lambda line: console.print(line, highlight=False),
     )
-    console.print(results_table(result))
+    console.print(results_table(result.rows, result.seconds, result.leakage))
     console.print(f"results: {result.csv}, {result.json}, {result.plot}")
 
 

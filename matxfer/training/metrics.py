@@ -12,6 +12,7 @@ over the :math:`n` labelled records:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,3 +60,15 @@ def metrics_by_target(
     y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
     return {name: regression_metrics(y_true[:, k], y_pred[:, k]) for k, name in enumerate(names)}
+
+
+def mean_std_se(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, sample standard deviation and standard error (std / √n) of ``values``.
+
+    Used for figures over seeds or trials; std and SE are NaN for a single value.
+    """
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return math.nan, math.nan, math.nan
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return float(array.mean()), std, std / math.sqrt(array.size)

@@ -15,6 +15,11 @@ fine-tuned vs 0.534 from scratch at 100 training structures):
 3. write ``demo_results.csv``/``.json``, ``demo_summary.png`` and return a
    table of R², MAE and the gain of fine-tuning.
 
+One seed is one draw: at 100 structures test R² moves by about ±0.1 from seed
+to seed. ``seeds`` (``--seeds 0,1,2,3,4``) repeats step 2 at each seed (split,
+head, shuffling; one pre-training) and reports mean ± std and the paired gain
+with its standard error (:mod:`matxfer.transfer.demo_report`).
+
 Each step is an ordinary run directory under ``out`` (``pretrain``,
 ``scratch_<size>``, ``finetuned_<size>``). Finished steps are skipped on a
 rerun and interrupted ones resumed, so the demo is cached and resumable;
@@ -32,11 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from rich.table import Table
-from rich.text import Text
 
 from matxfer.errors import ConfigError, MatxferError
 from matxfer.locking import locks_directory
@@ -45,20 +46,17 @@ from matxfer.training.config import TrainConfig, resolve_config
 from matxfer.training.outputs import (
     as_float,
     format_metric,
-    save_figure,
     write_csv,
     write_json,
 )
 from matxfer.training.rundir import (
-    PREDICTIONS_TEST_FILE,
     is_finished,
     read_metrics,
     read_transfer_record,
 )
+from matxfer.transfer.demo_report import STUDY_R2, gains, plot_summary, summarise
 from matxfer.transfer.heads import HeadMode
 
-#: The study's 5-trial mean test R² on phonons (paper configuration).
-STUDY_R2 = {"scratch": {100: 0.534, 800: 0.904}, "finetuned": {100: 0.616, 800: 0.946}}
 SETTINGS_FILE = "demo_settings.json"
 STAGE_FILE = "demo_stage.json"
 
@@ -103,15 +101,16 @@ class DemoSettings:
         (100 → 40, 500 → 32, 800 → 20)."""
         return max(self.min_epochs, min(self.max_epochs, 16_000 // size))
 
-    def config(self, epochs: int, size: int | None = None) -> TrainConfig:
-        """The ``fast`` profile with this demo's model, seed and ``epochs`` (and the
-        batch size for fine-tuning size ``size``; ``None``: pre-training)."""
+    def config(self, epochs: int, size: int | None = None, seed: int | None = None) -> TrainConfig:
+        """The ``fast`` profile with this demo's model, ``seed`` (default: the settings')
+        and ``epochs`` (and the batch size for fine-tuning size ``size``; ``None``:
+        pre-training)."""
         small = size is not None and size <= self.small_batch_below
         return resolve_config(
             "fast",
             {
                 "model": self.model,
-                "seed": self.seed,
+                "seed": self.seed if seed is None else seed,
                 "epochs": epochs,
                 "batch_size": 8 if small else 16,
             },
@@ -158,19 +157,39 @@ class DemoResult:
     plot: Path
 
 
+def _parse_integers(text: str, option: str, minimum: int, example: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < minimum:
+        kind = "positive integers" if minimum > 0 else "integers ≥ 0"
+        raise ConfigError(f"{option} {text!r}: give {kind}, e.g. {example}")
+    return tuple(sorted(set(values)))
+
+
 def parse_sizes(text: str) -> tuple[int, ...]:
     """``"100,800"`` → ``(100, 800)``.
 
     Raises:
         ConfigError: Not comma-separated positive integers.
     """
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 2:
-        raise ConfigError(f"--sizes {text!r}: give positive integers, e.g. 100,800")
-    return tuple(sorted(set(sizes)))
+    return _parse_integers(text, "--sizes", 2, "100,800")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` → ``(0, 1, 2)``.
+
+    Raises:
+        ConfigError: Not comma-separated integers ≥ 0.
+    """
+    return _parse_integers(text, "--seeds", 0, "0,1,2,3,4")
+
+
+def run_name(model: str, size: int, seed: int, default_seed: int) -> str:
+    """A scratch or fine-tuning step's folder: ``scratch_100`` at the settings' seed,
+    ``scratch_100_seed3`` at another (so adding seeds keeps the one-seed demo's runs)."""
+    return f"{model}_{size}" if seed == default_seed else f"{model}_{size}_seed{seed}"
 
 
 def _check_settings(out: Path, settings: DemoSettings) -> None:
@@ -217,11 +236,12 @@ def _stage(
     return {**read_metrics(run_dir), "seconds": seconds}
 
 
-def _row(size: int, model: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def _row(size: int, model: str, seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
     test = metrics["test"]["target"]["original"]
     return {
         "size": size,
         "model": model,
+        "seed": seed,
         # null in metrics.json when not finite (strict JSON)
         "r2": as_float(test["r2"]),
         "mae": as_float(test["mae"]),
@@ -235,84 +255,12 @@ def _row(size: int, model: str, metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gains(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """Per size: R² gain and MAE reduction of fine-tuning over scratch, in percent."""
-    by_key = {(r["size"], r["model"]): r for r in rows}
-    out = {}
-    for size in sorted({r["size"] for r in rows}):
-        scratch, tuned = by_key[(size, "scratch")], by_key[(size, "finetuned")]
-        out[size] = {
-            "r2_gain_percent": 100 * (tuned["r2"] - scratch["r2"]) / abs(scratch["r2"]),
-            "mae_reduction_percent": 100 * (scratch["mae"] - tuned["mae"]) / scratch["mae"],
-        }
-    return out
-
-
-def plot_summary(path: Path, out: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Test R² per size (bars, study values as markers) and parity at the smallest size."""
-    sizes = sorted({r["size"] for r in rows})
-    figure = Figure(figsize=(11, 4.2))
-    bars, parity = figure.subplots(1, 2)
-    width = 0.38
-    for offset, model, color in [
-        (-width / 2, "scratch", "tab:grey"),
-        (width / 2, "finetuned", "tab:blue"),
-    ]:
-        values = [
-            next(r["r2"] for r in rows if r["size"] == s and r["model"] == model) for s in sizes
-        ]
-        positions = np.arange(len(sizes)) + offset
-        drawn = bars.bar(
-            positions,
-            values,
-            width,
-            color=color,
-            label="from scratch" if model == "scratch" else "fine-tuned (FE → PH)",
-        )
-        bars.bar_label(drawn, fmt="%.3f", label_type="center", color="white", fontsize=9)
-        study = [STUDY_R2[model].get(s) for s in sizes]
-        known = [(p, v) for p, v in zip(positions, study, strict=True) if v is not None]
-        if known:
-            bars.scatter(
-                *zip(*known, strict=True),
-                marker="_",
-                s=400,
-                color="black",
-                label="study (5-trial mean)" if model == "scratch" else None,
-            )
-    bars.set_xticks(np.arange(len(sizes)), [f"{s} structures" for s in sizes])
-    bars.set_ylabel("test R² (127 phonon test structures)")
-    bars.set_ylim(min(0.0, *(r["r2"] for r in rows)), 1.18)
-    bars.legend(loc="upper center", ncol=3, fontsize=8)
-    bars.set_title("phonon peak: fine-tuned vs from scratch")
-    smallest = sizes[0]
-    for model, color in [("scratch", "tab:grey"), ("finetuned", "tab:blue")]:
-        frame = pd.read_csv(out / f"{model}_{smallest}" / PREDICTIONS_TEST_FILE)
-        r2 = next(r["r2"] for r in rows if r["size"] == smallest and r["model"] == model)
-        parity.scatter(
-            frame["target"],
-            frame["prediction"],
-            s=10,
-            alpha=0.6,
-            color=color,
-            label=f"{'scratch' if model == 'scratch' else 'fine-tuned'} (R² {r2:.3f})",
-        )
-    low = float(parity.get_xlim()[0])
-    high = float(parity.get_xlim()[1])
-    parity.plot([low, high], [low, high], color="black", linewidth=1)
-    parity.set_xlabel("true (normalised units)")
-    parity.set_ylabel("predicted")
-    parity.set_title(f"test set, {smallest} training structures")
-    parity.legend(loc="upper left")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
 @locks_directory("out", purpose="demo")
 def run_demo(
     out: str | Path = "matxfer-demo",
     sizes: Sequence[int] = (100, 800),
     *,
+    seeds: Sequence[int] | None = None,
     quick: bool = False,
     settings: DemoSettings | None = None,
     progress: bool | None = None,
@@ -324,6 +272,10 @@ def run_demo(
         out: Folder of the runs and results (created; reruns reuse finished steps).
         sizes: Fine-tuning sizes (subsets of the trial; the study has 10, 100,
             200, 500, 800).
+        seeds: Seeds of the scratch and fine-tuning runs (split, head
+            initialisation, shuffling), each run at every size; the results are
+            their mean ± std and the paired gain. Pre-training runs once, at the
+            settings' seed. Default: the settings' seed alone.
         quick: Use :data:`QUICK` settings (a smoke test, not meaningful numbers).
         settings: Explicit settings (wins over ``quick``).
         progress: Lightning progress bars (default: when stderr is a terminal).
@@ -339,7 +291,8 @@ def run_demo(
     out = Path(out)
     start = time.perf_counter()
     _check_settings(out, settings)
-    steps = 1 + 2 * len(sizes)
+    seeds = tuple(dict.fromkeys(seeds)) if seeds else (settings.seed,)
+    steps = 1 + 2 * len(sizes) * len(seeds)
     pt_dir = out / "pretrain"
     pt_config = settings.config(settings.pretrain_epochs)
     size_note = f"{settings.pretrain_size} of " if settings.pretrain_size else ""
@@ -360,59 +313,70 @@ def run_demo(
     )
     pt_r2 = as_float(pt["test"]["target"]["original"]["r2"])
     echo(f"      pre-trained model: formation-energy test R² {format_metric(pt_r2, '.3f')}")
+
+    def run_dir(model: str, size: int, seed: int) -> Path:
+        return out / run_name(model, size, seed, settings.seed)
+
     rows, leakage = [], {}
     step = 2
     for size in sizes:
-        config = settings.config(settings.epochs_for(size), size)
-        data = {"trial": settings.trial, "size": size, "progress": progress}
-        scratch_dir, tuned_dir = out / f"scratch_{size}", out / f"finetuned_{size}"
-        label = f"{size} phonon structures, {config.epochs} epochs"
-        scratch = _stage(
-            scratch_dir,
-            f"[{step}/{steps}] from scratch, {label}",
-            echo,
-            lambda resume, d=scratch_dir, c=config, kw=data: train(
-                settings.finetune_data, d, config=c, resume=resume, overwrite=not resume, **kw
-            ),
-        )
-        tuned = _stage(
-            tuned_dir,
-            f"[{step + 1}/{steps}] fine-tuning, {label}",
-            echo,
-            lambda resume, d=tuned_dir, c=config, kw=data: finetune(
-                settings.finetune_data,
-                pt_dir,
-                d,
-                settings.strategy,
-                settings.head,
-                config=c,
-                resume=resume,
-                overwrite=not resume,
-                **kw,
-            ),
-        )
-        step += 2
-        audit = read_transfer_record(tuned_dir)["leakage"]
-        leakage[size] = audit.get("summary", "not audited")
-        rows += [_row(size, "scratch", scratch), _row(size, "finetuned", tuned)]
-        echo(
-            f"      test R²: scratch {format_metric(rows[-2]['r2'], '.3f')}, "
-            f"fine-tuned {format_metric(rows[-1]['r2'], '.3f')}"
-        )
+        for seed in seeds:
+            config = settings.config(settings.epochs_for(size), size, seed)
+            data = {"trial": settings.trial, "size": size, "progress": progress}
+            scratch_dir, tuned_dir = (
+                run_dir("scratch", size, seed),
+                run_dir("finetuned", size, seed),
+            )
+            label = f"{size} phonon structures, {config.epochs} epochs"
+            label += f", seed {seed}" if len(seeds) > 1 else ""
+            scratch = _stage(
+                scratch_dir,
+                f"[{step}/{steps}] from scratch, {label}",
+                echo,
+                lambda resume, d=scratch_dir, c=config, kw=data: train(
+                    settings.finetune_data, d, config=c, resume=resume, overwrite=not resume, **kw
+                ),
+            )
+            tuned = _stage(
+                tuned_dir,
+                f"[{step + 1}/{steps}] fine-tuning, {label}",
+                echo,
+                lambda resume, d=tuned_dir, c=config, kw=data: finetune(
+                    settings.finetune_data,
+                    pt_dir,
+                    d,
+                    settings.strategy,
+                    settings.head,
+                    config=c,
+                    resume=resume,
+                    overwrite=not resume,
+                    **kw,
+                ),
+            )
+            step += 2
+            audit = read_transfer_record(tuned_dir)["leakage"]
+            leakage.setdefault(size, audit.get("summary", "not audited"))
+            rows += [_row(size, "scratch", seed, scratch), _row(size, "finetuned", seed, tuned)]
+            echo(
+                f"      test R²: scratch {format_metric(rows[-2]['r2'], '.3f')}, "
+                f"fine-tuned {format_metric(rows[-1]['r2'], '.3f')}"
+            )
     csv_path, json_path, plot_path = (
         out / "demo_results.csv",
         out / "demo_results.json",
         out / "demo_summary.png",
     )
     write_csv(pd.DataFrame(rows), csv_path)
-    plot_summary(plot_path, out, rows)
+    plot_summary(plot_path, rows, run_dir, seeds[0])
     seconds = time.perf_counter() - start
     write_json(
         json_path,
         {
             "settings": asdict(settings),
             "sizes": list(sizes),
+            "seeds": list(seeds),
             "rows": rows,
+            "summary": summarise(rows),
             "gains": {str(k): v for k, v in gains(rows).items()},
             "pretraining": {"test_r2": pt_r2, "seconds": round(pt["seconds"], 1)},
             "leakage": {str(k): v for k, v in leakage.items()},
@@ -420,48 +384,3 @@ def run_demo(
         },
     )
     return DemoResult(out, rows, leakage, seconds, csv_path, json_path, plot_path)
-
-
-def results_table(result: DemoResult) -> Table:
-    """Scratch vs fine-tuned per size: R², MAE, the gain, and the study's R²."""
-    table = Table(
-        "size",
-        "model",
-        "test R²",
-        "MAE",
-        "study R²",
-        "epochs",
-        "time",
-        title="phonon peak (127 test structures): fine-tuned from formation energy vs from scratch",
-    )
-    gain = gains(result.rows)
-    for row in result.rows:
-        study = f"{row['study_r2']:.3f}" if row["study_r2"] is not None else "-"
-        table.add_row(
-            str(row["size"]),
-            row["model"],
-            f"{row['r2']:.3f}",
-            f"{row['mae']:.4f}",
-            study,
-            str(row["epochs_trained"]),
-            f"{row['seconds']:.0f} s",
-        )
-        if row["model"] == "finetuned":
-            g = gain[row["size"]]
-            r2_style = "green" if g["r2_gain_percent"] > 0 else "red"
-            mae_style = "green" if g["mae_reduction_percent"] > 0 else "red"
-            table.add_row(
-                "",
-                "change",
-                Text(f"{g['r2_gain_percent']:+.1f}%", style=r2_style),
-                Text(f"{-g['mae_reduction_percent']:+.1f}%", style=mae_style),
-                "",
-                "",
-                "",
-                end_section=True,
-            )
-    table.caption = (
-        f"total {result.seconds:.0f} s this call; units: the study's normalised "
-        f"targets; leakage: {next(iter(result.leakage.values()), '-')}"
-    )
-    return table
