@@ -210,6 +210,7 @@ def make_trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
+        precision=config.precision or "32-true",
         strategy=make_strategy(config, _trains_on_cpu(config)),
         # The data module shares each shuffled epoch among the processes itself.
         use_distributed_sampler=False,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from pymatgen.io.ase import AseAtomsAdaptor
 from training_helpers import synthetic_structures, tiny_config, write_alignn_json
@@ -321,3 +322,28 @@ def test_a_yeo_johnson_run_reports_and_reloads_in_original_units(
     assert np.allclose(again[:, 0], frame["prediction"], atol=1e-5)
     # Targets are ~100 + O(1): outputs left in transformed units would be near 0.
     assert abs(frame["prediction"].mean() - frame["target"].mean()) < 5
+
+
+def test_a_bf16_mixed_run_trains_reports_and_predicts_in_float32(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    result = train(
+        tiny_data, tmp_path / "bf16", config=tiny_config(precision="bf16-mixed"), progress=False
+    )
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["precision"] == "bf16-mixed"
+    assert "precision" not in tiny_config().model_dump(mode="json")  # old configs unchanged
+    test = result.metrics["test"]["target"]["original"]
+    assert np.isfinite(test["mae"]) and np.isfinite(test["r2"])
+    state = torch.load(result.run_dir / "best.ckpt", weights_only=False)["state_dict"]
+    weights = [v for v in state.values() if torch.is_tensor(v)]
+    assert weights and all(v.dtype != torch.bfloat16 for v in weights)
+    frame = pd.read_csv(result.run_dir / "predictions_test.csv")
+    by_id = {r.id: r for r in read_dataset(tiny_data).records}
+    again = load_predictor(result.run_dir, device="cpu").predict(
+        [by_id[i].structure for i in frame["id"]]
+    )
+    # Reloaded for prediction in float32: within bfloat16 rounding of the autocast test.
+    assert np.allclose(
+        again[:, 0], frame["prediction"], rtol=0.05, atol=0.05 * frame["target"].std()
+    )
