@@ -11,14 +11,20 @@ match or beat the study (see :mod:`matxfer.study.matrix`)::
 
     beats_study: <k>/7 scratch, <m>/7 best-FT
 
+``--recipes DIR`` reads the cache of ``benchmarks/transfer_recipes.py`` instead
+(``DIR/<target><size>/<recipe>/s<seed>``: trial 1, seeds): scratch is its
+``scratch`` recipe, every ``ft*`` recipe a fine-tuning group.
+
     python benchmarks/accuracy_matrix.py --study /work/studies/matrix
     python benchmarks/accuracy_matrix.py --study A --study B --size 100 --json matrix.json
+    python benchmarks/accuracy_matrix.py --recipes /work/runs --size 800
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,10 +32,54 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def recipe_matrix(cache: Path, size: int) -> list:
+    """The matrix from the ``transfer_recipes.py`` cache: finished runs of each recipe."""
+    import pandas as pd
+
+    from matxfer.study.matrix import PROPERTIES, property_row, run_accuracy
+    from matxfer.training import is_finished
+    from matxfer.training.outputs import as_float, epoch_log
+
+    def runs_of(recipe_dir: Path) -> pd.DataFrame:
+        rows = []
+        for run in sorted(recipe_dir.glob("s*")):
+            if not is_finished(run):
+                continue
+            test = json.loads((run / "metrics.json").read_text())["test"]
+            original = next(iter(test.values()))["original"]
+            log = epoch_log(run / "logs" / "csv")
+            rows.append(
+                {
+                    "test_r2": as_float(original["r2"]),
+                    "test_mae": as_float(original["mae"]),
+                    "seconds": float(log["epoch_seconds"].sum())
+                    if "epoch_seconds" in log
+                    else math.nan,
+                }
+            )
+        return pd.DataFrame(rows, columns=["test_r2", "test_mae", "seconds"])
+
+    matrix = []
+    for target in PROPERTIES:
+        scratch, tuned = None, []
+        for recipe_dir in sorted((cache / f"{target}{size}").glob("*")):
+            runs = runs_of(recipe_dir)
+            if runs.empty:
+                continue
+            if recipe_dir.name == "scratch":
+                scratch = run_accuracy("scratch", runs)
+            elif recipe_dir.name.startswith("ft"):
+                tuned.append(run_accuracy(recipe_dir.name, runs))
+        matrix.append(property_row(target, scratch, tuned, size))
+    return matrix
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--study", type=Path, action="append", required=True, help="study directory (repeatable)"
+    sources = parser.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--study", type=Path, action="append", help="study directory (repeatable)")
+    sources.add_argument(
+        "--recipes", type=Path, help="cache of benchmarks/transfer_recipes.py (its --out)"
     )
     parser.add_argument("--size", type=int, default=800, help="FT size (default: 800)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
@@ -41,19 +91,26 @@ def main(argv: list[str] | None = None) -> None:
     from matxfer.study.matrix import accuracy_matrix, beats_line, format_matrix
     from matxfer.study.store import read_results
 
-    try:
-        for study in args.study:
-            if not (study / "results").is_dir():
-                raise MatxferError(f"{study}: not a study directory (no results/ folder)")
-        results = pd.concat([read_results(study) for study in args.study], ignore_index=True)
-    except MatxferError as error:
-        sys.exit(f"error: {error}")
-    matrix = accuracy_matrix(results, args.size)
-    print(f"studies: {', '.join(str(s) for s in args.study)}")
+    if args.recipes is not None:
+        if not args.recipes.is_dir():
+            sys.exit(f"error: {args.recipes}: no such directory")
+        matrix = recipe_matrix(args.recipes, args.size)
+        print(f"transfer_recipes cache: {args.recipes} (trial 1, seeds as cached)")
+    else:
+        try:
+            for study in args.study:
+                if not (study / "results").is_dir():
+                    raise MatxferError(f"{study}: not a study directory (no results/ folder)")
+            results = pd.concat([read_results(study) for study in args.study], ignore_index=True)
+        except MatxferError as error:
+            sys.exit(f"error: {error}")
+        matrix = accuracy_matrix(results, args.size)
+        print(f"studies: {', '.join(str(s) for s in args.study)}")
     print("\n".join(format_matrix(matrix, args.size)))
     if args.json:
         numbers = {
-            "studies": [str(s) for s in args.study],
+            "studies": [str(s) for s in args.study or []],
+            "recipes": str(args.recipes) if args.recipes else None,
             "size": args.size,
             "properties": [row.to_dict() for row in matrix],
             "beats_study": beats_line(matrix).split(": ", 1)[1],

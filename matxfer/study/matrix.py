@@ -127,7 +127,8 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _accuracy(label: str, runs: pd.DataFrame) -> Accuracy:
+def run_accuracy(label: str, runs: pd.DataFrame) -> Accuracy:
+    """Mean ± std of ``runs``' ``test_r2`` and ``test_mae``, mean ``seconds`` as minutes."""
     return Accuracy(
         label=label,
         n=len(runs),
@@ -175,16 +176,30 @@ def accuracy_matrix(
     for target in PROPERTIES:
         mine = runs[runs["target"] == target]
         scratch = mine[mine["kind"] == "scratch"]
-        row = PropertyRow(target, _accuracy("scratch", scratch) if len(scratch) else None)
         tuned = mine[mine["kind"] == "finetune"]
         groups = [
-            _accuracy(group_label(group.iloc[0], varying), group)
+            run_accuracy(group_label(group.iloc[0], varying), group)
             for _, group in tuned.groupby(GROUP_KEYS, dropna=False)
         ]
-        row.finetune = sorted(groups, key=lambda a: -a.r2_mean if math.isfinite(a.r2_mean) else 0)
-        _study_numbers(row, size, anchors)
-        matrix.append(row)
+        scratch_accuracy = run_accuracy("scratch", scratch) if len(scratch) else None
+        matrix.append(property_row(target, scratch_accuracy, groups, size, anchors))
     return matrix
+
+
+def property_row(
+    target: str,
+    scratch: Accuracy | None,
+    finetune: list[Accuracy],
+    size: int,
+    anchors: pd.DataFrame | None = None,
+) -> PropertyRow:
+    """One row of the matrix from our numbers (fine-tuning groups in any order) and the
+    study's at ``size`` (``anchors`` default: :func:`~matxfer.study.anchors.load_anchors`)."""
+    anchors = load_anchors() if anchors is None else anchors
+    row = PropertyRow(target, scratch)
+    row.finetune = sorted(finetune, key=lambda a: -a.r2_mean if math.isfinite(a.r2_mean) else 0)
+    _study_numbers(row, size, anchors)
+    return row
 
 
 def beats_line(matrix: list[PropertyRow]) -> str:
