@@ -13,6 +13,7 @@ is imported inside the commands.
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -236,6 +237,7 @@ def finetune(
     """
     from matxfer.training import DataSpec, config_for_run
     from matxfer.training.rundir import read_transfer_record
+    from matxfer.transfer.finetune import EXCLUDED_PRETRAINING_DIR
     from matxfer.transfer.finetune import finetune as run_finetuning
     from matxfer.transfer.freeze import parse_freeze, parse_lr_multipliers
     from matxfer.uncertainty.members import first_member, train_ensemble
@@ -277,10 +279,14 @@ def finetune(
         result = run(data_spec, out=out, config=resolved, resume=resume)
         runs = [{"run_dir": str(result.run_dir), "metrics": result.metrics}]
     else:
+        # The members share the split, so one pre-training without its test crystals.
+        shared = out / EXCLUDED_PRETRAINING_DIR
+        if overwrite and shared.is_dir():  # as --overwrite of one run deletes its own
+            shutil.rmtree(shared)
         runs = train_ensemble(
             data_spec, out, resolved, ensemble, resume,
             run_member=lambda splits, run_dir, member, again: run(
-                splits, out=run_dir, config=member, resume=again
+                splits, out=run_dir, config=member, resume=again, excluded_dir=shared
             ),
         )  # fmt: skip
     for done in runs:

@@ -327,6 +327,7 @@ def finetune(
     extra_layers: int = 2,
     pretrain_data: str | Path | Sequence[Record] | None = None,
     exclude_test_structures: bool = False,
+    excluded_dir: str | Path | None = None,
     probe_epochs: int = 0,
     l2sp: float = 0.0,
     audit: bool = True,
@@ -374,6 +375,9 @@ def finetune(
             crystals of the fine-tuning test set (into
             ``out/pretrain_excluding_test``, reused when finished), then
             fine-tune from it. Needs a pre-training run directory.
+        excluded_dir: Where that pre-training is trained, or found when finished on
+            the same records (default: ``out/pretrain_excluding_test``); the members
+            of an ensemble, which share one test set, share one.
         probe_epochs: Train only the head for this many epochs first, then
             the layers ``strategy`` trains (LP-FT, see
             :class:`~matxfer.transfer.callbacks.LinearProbe`; default ``0``: no probe).
@@ -436,7 +440,10 @@ def finetune(
     excluded = None
     if exclude_test_structures:
         excluded = pretrain_excluding(
-            checkpoint, splits.test, out / EXCLUDED_PRETRAINING_DIR, progress=progress
+            checkpoint,
+            splits.test,
+            out / EXCLUDED_PRETRAINING_DIR if excluded_dir is None else Path(excluded_dir),
+            progress=progress,
         )
         checkpoint = excluded.checkpoint
     prepared = load_for_finetuning(

@@ -403,6 +403,30 @@ def test_cli_excluding_test_structures_repeats_pretraining_without_them(
     assert "leak" in done.stdout
 
 
+def test_an_ensemble_shares_one_pretraining_without_the_test_crystals(
+    datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(epochs=1).model_dump(mode="json")))
+    out = tmp_path / "ft"
+    args = ["finetune", datasets["ft"], "--from", pt_run.run_dir, "--out", out, "--test",
+            datasets["ft_test"], "--config", config, "--head", "new", "--ensemble", "2",
+            "--exclude-test-structures", "--no-progress"]  # fmt: skip
+    done = matxfer(*args, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    shared = (out / "pretrain_excluding_test").resolve()
+    records = [
+        json.loads((out / m / "transfer.json").read_text()) for m in ("member-0", "member-1")
+    ]
+    assert [r["excluded_pretraining"]["run_dir"] for r in records] == [str(shared)] * 2
+    assert [r["excluded_pretraining"]["reused"] for r in records] == [False, True]
+    assert not (out / "member-0" / "pretrain_excluding_test").exists()
+    before = (shared / "best.ckpt").stat().st_mtime_ns
+    done = matxfer(*args, "--overwrite", cache=tmp_path / "cache")  # starts afresh
+    assert done.returncode == 0, done.stderr
+    assert (shared / "best.ckpt").stat().st_mtime_ns != before
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
