@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from matxfer.data.records import Record
-from matxfer.errors import ConfigError, MatxferError
+from matxfer.errors import ConfigError
 from matxfer.graphs.config import GraphConfig
 from matxfer.locking import locks_directory
 from matxfer.models import ALIGNN
@@ -57,7 +57,7 @@ from matxfer.training.rundir import (
     read_transfer_record,
     write_transfer_record,
 )
-from matxfer.training.shipped import shipped_leakage_reason, shipped_name_of, shipped_record
+from matxfer.training.shipped import shipped_record
 from matxfer.transfer.foundation import (
     check_foundation_options,
     foundation_source,
@@ -72,12 +72,7 @@ from matxfer.transfer.freeze import (
     parse_lr_multipliers,
 )
 from matxfer.transfer.heads import HEAD_MODES, HeadMode, prepare_head, reuse_outputs
-from matxfer.transfer.leakage import audit_leakage
-from matxfer.transfer.pretrained import (
-    checkpoint_sha256,
-    pretrain_excluding,
-    pretraining_records,
-)
+from matxfer.transfer.pretrained import checkpoint_sha256, leakage_entry, pretrain_excluding
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -214,36 +209,6 @@ def _optimizer_groups(
         return groups
 
     return build
-
-
-def _audit(
-    pretrained: Path,
-    splits: Splits,
-    pretrain_data: str | Path | Sequence[Record] | None,
-    data_dir: str | Path | None,
-) -> dict[str, Any]:
-    """The ``leakage`` entry of ``transfer.json``: the audit, or why it did not run."""
-    try:
-        pt = pretraining_records(pretrained, pretrain_data, data_dir)
-    except MatxferError as error:
-        shipped = shipped_name_of(pretrained)
-        if shipped is None or pretrain_data is not None:
-            raise
-        # A shipped model works offline; only its audit needs the study's data.
-        return {"audited": False, "reason": shipped_leakage_reason(shipped, error)}
-    if pt is None:
-        return {
-            "audited": False,
-            "reason": "the pre-training data are unknown (a bare checkpoint, or a run that "
-            "did not record them): pass --pretrain-data",
-        }
-    report = audit_leakage(pt.records, splits.train + splits.val, splits.test)
-    return {
-        "audited": True,
-        "summary": str(report),
-        "pretraining_data": pt.to_dict(),
-        **report.to_dict(),
-    }
 
 
 def _model_card_section(record: dict[str, Any]) -> str:
@@ -484,7 +449,7 @@ def finetune(
         },
         "leakage": source.leakage_entry()
         if source is not None
-        else _audit(checkpoint, splits, pretrain_data, splits.spec and splits.spec.data_dir)
+        else leakage_entry(checkpoint, splits, pretrain_data, splits.spec and splits.spec.data_dir)
         if audit
         else {"audited": False, "reason": "not requested"},
     }

@@ -42,8 +42,13 @@ from matxfer.training.rundir import (
     read_config,
     read_run_info,
 )
-from matxfer.training.shipped import ShippedModel, shipped_model, shipped_name_of
-from matxfer.transfer.leakage import exclude_structures
+from matxfer.training.shipped import (
+    ShippedModel,
+    shipped_leakage_reason,
+    shipped_model,
+    shipped_name_of,
+)
+from matxfer.transfer.leakage import audit_leakage, exclude_structures
 from matxfer.transfer.merge import MatchSettings
 
 #: Written into a :func:`pretrain_excluding` run: which crystals were left out.
@@ -362,3 +367,39 @@ def pretrain_excluding(
     )
     train(splits, out, config=config, progress=progress, resume=resume, keep=(EXCLUSION_FILE,))
     return ExcludedPretraining(out, out / BEST_CHECKPOINT, removed)
+
+
+def leakage_entry(
+    pretrained: Path,
+    splits: Splits,
+    pretrain_data: str | Path | Sequence[Record] | None,
+    data_dir: str | Path | None,
+) -> dict[str, Any]:
+    """The ``leakage`` entry of a fine-tuning's ``transfer.json``: how many of ``splits``'
+    crystals the pre-training of ``pretrained`` saw, or why that was not audited.
+
+    Raises:
+        MatxferError: The pre-training data cannot be read (a shipped model without
+            the study's data is not an error: its entry says why).
+    """
+    try:
+        pt = pretraining_records(pretrained, pretrain_data, data_dir)
+    except MatxferError as error:
+        shipped = shipped_name_of(pretrained)
+        if shipped is None or pretrain_data is not None:
+            raise
+        # A shipped model works offline; only its audit needs the study's data.
+        return {"audited": False, "reason": shipped_leakage_reason(shipped, error)}
+    if pt is None:
+        return {
+            "audited": False,
+            "reason": "the pre-training data are unknown (a bare checkpoint, or a run that "
+            "did not record them): pass --pretrain-data",
+        }
+    report = audit_leakage(pt.records, splits.train + splits.val, splits.test)
+    return {
+        "audited": True,
+        "summary": str(report),
+        "pretraining_data": pt.to_dict(),
+        **report.to_dict(),
+    }

@@ -70,12 +70,19 @@ def test_rerun_skips_finished_steps_and_refuses_other_settings(
         run_demo(quick_demo.out, (100,), settings=replace(QUICK, seed=1), echo=lines.append)
 
 
+def _copy_of(
+    demo: DemoResult, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Path:
+    """A copy of the quick demo's folder to rerun in, with the shared kernel cache."""
+    monkeypatch.setenv("MATXFER_CACHE", str(cache))
+    shutil.copytree(demo.out, tmp_path / "out")
+    return tmp_path / "out"
+
+
 def test_a_step_killed_while_writing_its_outputs_is_not_skipped(
     quick_demo: DemoResult, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("MATXFER_CACHE", str(cache))
-    out = tmp_path / "out"
-    shutil.copytree(quick_demo.out, out)
+    out = _copy_of(quick_demo, cache, monkeypatch, tmp_path)
     (out / "scratch_100" / "done.json").unlink()  # metrics.json is there, the rest maybe not
     lines: list[str] = []
     run_demo(out, (100,), quick=True, progress=False, echo=lines.append)
@@ -96,9 +103,7 @@ def test_sizes_and_seeds_are_parsed_or_refused() -> None:
 def test_more_seeds_reuse_the_first_and_report_paired_gains(
     quick_demo: DemoResult, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("MATXFER_CACHE", str(cache))
-    out = tmp_path / "out"
-    shutil.copytree(quick_demo.out, out)
+    out = _copy_of(quick_demo, cache, monkeypatch, tmp_path)
     lines: list[str] = []
     result = run_demo(out, (100,), seeds=(0, 1), quick=True, progress=False, echo=lines.append)
     assert sum("skipped" in line for line in lines) == 3  # pre-training and seed 0

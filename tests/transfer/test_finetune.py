@@ -370,11 +370,16 @@ def matxfer(*args: str | Path, cache: Path | None = None) -> subprocess.Complete
     )
 
 
+def _one_epoch_yaml(tmp_path: Path) -> Path:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(epochs=1).model_dump(mode="json")))
+    return config
+
+
 def test_cli_excluding_test_structures_repeats_pretraining_without_them(
     datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
 ) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny(epochs=1).model_dump(mode="json")))
+    config = _one_epoch_yaml(tmp_path)
     out = tmp_path / "ft"
     done = matxfer(
         "finetune",
@@ -406,8 +411,7 @@ def test_cli_excluding_test_structures_repeats_pretraining_without_them(
 def test_an_ensemble_shares_one_pretraining_without_the_test_crystals(
     datasets: dict[str, Path], pt_run: TrainResult, tmp_path: Path
 ) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny(epochs=1).model_dump(mode="json")))
+    config = _one_epoch_yaml(tmp_path)
     out = tmp_path / "ft"
     args = ["finetune", datasets["ft"], "--from", pt_run.run_dir, "--out", out, "--test",
             datasets["ft_test"], "--config", config, "--head", "new", "--ensemble", "2",
