@@ -256,6 +256,40 @@ def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt
     )
 
 
+def ensemble_metrics(run_dirs: list[Path]) -> dict[str, float]:
+    """Test R² and MAE of the mean prediction of ``run_dirs`` (one fixed test set)."""
+    import pandas as pd
+
+    from matxfer.training.metrics import regression_metrics
+
+    frames = [pd.read_csv(d / "predictions_test.csv").set_index("id") for d in run_dirs]
+    first = frames[0]
+    if any(not f.index.equals(first.index) for f in frames):
+        raise SystemExit(f"{run_dirs[0].parent}: the seeds were tested on different structures")
+    mean = sum(f["prediction"] for f in frames) / len(frames)
+    return regression_metrics(first["target"].to_numpy(), mean.to_numpy())
+
+
+def print_ensembles(base: Path, results: dict[str, dict[int, dict[str, float]]]) -> None:
+    """Per recipe with several seeds: the ensemble of its seeds (mean prediction)
+    against the mean of the single runs (the trial-ensemble lever of issue 13)."""
+    lines = []
+    for name, runs in results.items():
+        if len(runs) < 2:
+            continue
+        ensemble = ensemble_metrics([base / name / f"s{seed}" for seed in sorted(runs)])
+        r2 = mean_std_se([m["r2"] for m in runs.values()])[0]
+        mae = mean_std_se([m["mae"] for m in runs.values()])[0]
+        lines.append(
+            f"{name:<23}{len(runs):>3}  R² {ensemble['r2']:.3f} (runs {r2:.3f}, "
+            f"{ensemble['r2'] - r2:+.3f})  MAE {ensemble['mae']:.3f} (runs {mae:.3f}, "
+            f"{ensemble['mae'] - mae:+.3f})"
+        )
+    if lines:
+        print("\nensemble of the seeds (mean prediction) vs the mean single run")
+        print("\n".join(lines))
+
+
 def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
     """Mean ± std (SE) of test R² and MAE per recipe over the cached seeds, and the
     mean (SE) of the paired differences to scratch at the same seeds."""
@@ -281,6 +315,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
         runs = [item for m in members for item in sorted(results.get(m, {}).items())]
         if runs:
             print(_row(label, runs, scratch, " + ".join(members)))
+    print_ensembles(base, results)
     for name, source in PT_SOURCES.items():
         run_dir = args.out / "pt" / name
         if finished(run_dir):
