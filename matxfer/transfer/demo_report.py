@@ -206,7 +206,7 @@ def plot_summary(
                 *zip(*known, strict=True),
                 marker="_",
                 s=400,
-                color="black",
+                color="tab:red",
                 label="study (5-trial mean)" if model == "scratch" else None,
             )
     bars.set_xticks(np.arange(len(sizes)), [f"{s} structures" for s in sizes])
