@@ -24,39 +24,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # transfer, transfer_recipes
 
 
 def recipe_matrix(cache: Path, size: int) -> list:
     """The matrix from the ``transfer_recipes.py`` cache: finished runs of each recipe."""
     import pandas as pd
+    from transfer import finished, test_metrics  # benchmarks/transfer.py
+    from transfer_recipes import run_minutes
 
     from matxfer.study.matrix import PROPERTIES, property_row, run_accuracy
-    from matxfer.training import is_finished
-    from matxfer.training.outputs import as_float, epoch_log
 
     def runs_of(recipe_dir: Path) -> pd.DataFrame:
         rows = []
         for run in sorted(recipe_dir.glob("s*")):
-            if not is_finished(run):
-                continue
-            test = json.loads((run / "metrics.json").read_text())["test"]
-            original = next(iter(test.values()))["original"]
-            log = epoch_log(run / "logs" / "csv")
-            rows.append(
-                {
-                    "test_r2": as_float(original["r2"]),
-                    "test_mae": as_float(original["mae"]),
-                    "seconds": float(log["epoch_seconds"].sum())
-                    if "epoch_seconds" in log
-                    else math.nan,
-                }
-            )
+            if finished(run):
+                metrics = test_metrics(run)
+                rows.append((metrics["r2"], metrics["mae"], 60 * run_minutes(run)))
         return pd.DataFrame(rows, columns=["test_r2", "test_mae", "seconds"])
 
     matrix = []

@@ -261,8 +261,9 @@ def ensemble_metrics(run_dirs: list[Path]) -> dict[str, float]:
     import pandas as pd
 
     from matxfer.training.metrics import regression_metrics
+    from matxfer.training.rundir import PREDICTIONS_TEST_FILE
 
-    frames = [pd.read_csv(d / "predictions_test.csv").set_index("id") for d in run_dirs]
+    frames = [pd.read_csv(d / PREDICTIONS_TEST_FILE).set_index("id") for d in run_dirs]
     first = frames[0]
     if any(not f.index.equals(first.index) for f in frames):
         raise SystemExit(f"{run_dirs[0].parent}: the seeds were tested on different structures")

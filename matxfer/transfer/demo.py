@@ -320,9 +320,9 @@ def run_demo(
     rows, leakage = [], {}
     step = 2
     for size in sizes:
+        data = {"trial": settings.trial, "size": size, "progress": progress}
         for seed in seeds:
             config = settings.config(settings.epochs_for(size), size, seed)
-            data = {"trial": settings.trial, "size": size, "progress": progress}
             scratch_dir, tuned_dir = (
                 run_dir("scratch", size, seed),
                 run_dir("finetuned", size, seed),

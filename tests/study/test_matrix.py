@@ -110,7 +110,7 @@ def test_script_prints_and_writes_json(matrix_results: pd.DataFrame, tmp_path: P
 def _recipe_run(run: Path, r2: float, seconds: float) -> None:
     run.mkdir(parents=True)
     test = {"target": {"original": {"r2": r2, "mae": 1 - r2, "n": 10}}}
-    (run / "metrics.json").write_text(json.dumps({"test": test}))
+    (run / "metrics.json").write_text(json.dumps({"test": test, "epochs_trained": 2}))
     (run / "best.ckpt").write_bytes(b"")
     (run / "done.json").write_text("{}")
     (run / "logs" / "csv").mkdir(parents=True)
