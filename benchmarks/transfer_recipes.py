@@ -90,6 +90,9 @@ class Recipe:
 #: ``matxfer demo``'s schedule at size 100: batches of 8, 40 epochs.
 _DEMO_SCHEDULE = {"batch_size": 8, "epochs": 40}
 
+#: Learning-rate factors per layer group for discriminative fine-tuning.
+_SLOW_BODY = {"embedding": 0.1, "two_body": 0.3, "three_body": 0.3}
+
 #: Scratch; fine-tuning with the defaults (every layer, head reused, the scratch
 #: schedule) from each PT source; LP-FT and L2-SP; the demo's schedule.
 RECIPES: dict[str, Recipe] = {
@@ -123,6 +126,11 @@ RECIPES: dict[str, Recipe] = {
     # Out of domain (jarvis2d): the MPT model on all seven study properties.
     "ftmpt7all": Recipe(f"{SHIPPED}mpt7", {"head": "new"}),
     "ftmpt7all-bg": Recipe(f"{SHIPPED}mpt7", {"head_outputs": ["bg"]}),
+    # Discriminative learning rates: the embedding and the message-passing layers, whose
+    # features transfer, move slower than the readout (gcn, head).
+    "ftmpt7all-bg-dlr": Recipe(
+        f"{SHIPPED}mpt7", {"head_outputs": ["bg"], "lr_multipliers": _SLOW_BODY}
+    ),
 }
 #: Rows pooling one recipe over several pre-training samples.
 POOLED: dict[str, tuple[str, ...]] = {
