@@ -93,7 +93,6 @@ _DEMO_SCHEDULE = {"batch_size": 8, "epochs": 40}
 
 #: Learning-rate factors per layer group for discriminative fine-tuning.
 _SLOW_BODY = {"embedding": 0.1, "two_body": 0.3, "three_body": 0.3}
-_SLOW_CHGNET = {"embedding": 0.1, "two_body": 0.1, "three_body": 0.1}
 
 #: Scratch; fine-tuning with the defaults (every layer, head reused, the scratch
 #: schedule) from each PT source; LP-FT and L2-SP; the demo's schedule.
@@ -130,10 +129,10 @@ RECIPES: dict[str, Recipe] = {
     "ftmpt7all-bg": Recipe(f"{SHIPPED}mpt7", {"head_outputs": ["bg"]}),
     # Discriminative learning rates: the embedding and the message-passing layers, whose
     # features transfer, move slower than the readout (gcn, head).
-    # A foundation model (pip install "matxfer[chgnet]"; its wheel ships the weights), with
-    # a new head; -dlr: its pre-trained blocks at a tenth of the learning rate.
+    # A foundation model (pip install "matxfer[chgnet]"; its wheel ships the weights), new
+    # head, at its lr_scale (10) times the profile's rate; -lr3e-2: three times that.
     "ftchgnet": Recipe(f"{SHIPPED}chgnet", {"head": "new"}),
-    "ftchgnet-dlr": Recipe(f"{SHIPPED}chgnet", {"head": "new", "lr_multipliers": _SLOW_CHGNET}),
+    "ftchgnet-lr3e-2": Recipe(f"{SHIPPED}chgnet", {"head": "new"}, {"lr": 3e-3}),
     "ftmpt7all-bg-dlr": Recipe(
         f"{SHIPPED}mpt7", {"head_outputs": ["bg"], "lr_multipliers": _SLOW_BODY}
     ),

@@ -199,10 +199,10 @@ def finetune_config(config: TrainConfig, prepared: FineTuneModel) -> TrainConfig
 
 
 def _optimizer_groups(
-    multipliers: Mapping[str, float], l2sp: float = 0.0
+    multipliers: Mapping[str, float], l2sp: float = 0.0, lr_scale: float = 1.0
 ) -> Callable[[nn.Module, float, float], list[dict[str, Any]]]:
     def build(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        groups = param_groups(model, lr, multipliers, weight_decay)
+        groups = param_groups(model, lr * lr_scale, multipliers, weight_decay)
         if l2sp:  # L2-SP replaces the decay towards zero of the backbone
             for group in groups:
                 group["weight_decay"] = weight_decay if group["name"] == "head" else 0.0
@@ -222,7 +222,12 @@ def _model_card_section(record: dict[str, Any]) -> str:
         f"pre-trained on {pt['target_names']}",
         f"- strategy: {record['strategy']}; head: {record['head']}"
         + (f" (outputs {record['head_outputs']})" if record["head_outputs"] else ""),
-        f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}",
+        f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}"
+        + (
+            f"; every rate × {record['lr_scale']:g} for this source"
+            if record.get("lr_scale", 1.0) != 1.0
+            else ""
+        ),
         f"- linear probe (head only) first: {record['probe_epochs'] or 'no'} epochs; "
         f"L2-SP strength: {record['l2sp'] or 'off'}",
         f"- trainable parameters: {record['freeze']['num_trainable']:,}, "
@@ -416,6 +421,7 @@ def finetune(
     )
     recipe = recipe_callbacks(prepared.model, spec, probe_epochs, l2sp)
     ft_config = finetune_config(config, prepared)
+    lr_scale = source.lr_scale if source is not None else 1.0
     record = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pretrained": source.record(prepared.pretrained)
@@ -430,6 +436,7 @@ def finetune(
             "model_config": prepared.pretrained.info.get("model_config"),
         },
         **settings,
+        "lr_scale": lr_scale,
         "frozen_groups": sorted(spec.frozen),
         "head_scope": spec.head_scope,
         "freeze": {
@@ -464,7 +471,7 @@ def finetune(
             progress=progress,
             callbacks=[*recipe, *callbacks],
             model=prepared.model,
-            param_groups=_optimizer_groups(multipliers, l2sp),
+            param_groups=_optimizer_groups(multipliers, l2sp, lr_scale),
             keep=FINETUNE_SETUP,
             finish=lambda _: _complete_record(out, record),  # before done.json
         )

@@ -143,6 +143,14 @@ def test_l2sp_drops_weight_decay_of_the_backbone_only(stand_in: nn.Module) -> No
     assert {group["weight_decay"] for group in plain} == {1e-5}
 
 
+def test_a_sources_lr_scale_multiplies_every_groups_rate(stand_in: nn.Module) -> None:
+    """A foundation source's ``lr_scale`` stacks with the user's per-group multipliers."""
+    groups = _optimizer_groups({"head": 2.0}, lr_scale=10.0)(stand_in, 1e-3, 1e-5)
+    rates = {group["name"]: group["lr"] for group in groups}
+    assert rates.pop("head") == pytest.approx(2e-2)
+    assert rates and all(rate == pytest.approx(1e-2) for rate in rates.values())
+
+
 def test_recipe_callbacks(stand_in: nn.Module) -> None:
     spec = parse_freeze("all")
     assert recipe_callbacks(stand_in, spec) == []

@@ -271,6 +271,7 @@ def test_transfer_record(pt_run: TrainResult, ft_run: TrainResult) -> None:
     assert record["pretrained"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert record["strategy"] == "three_body_only" and record["head"] == "reuse"
     assert record["lr_multipliers"] == {"head": 10.0, "three_body": 0.5}
+    assert record["lr_scale"] == 1.0  # only foundation sources scale the rates
     assert record["freeze"]["num_frozen"] > 0 and record["freeze"]["frozen_norms"]
     leakage = record["leakage"]
     assert leakage["audited"] and leakage["pretraining_data"]["verified"] is True

@@ -66,7 +66,9 @@ def test_run_directory_records_the_source_and_leakage(chgnet_run: TrainResult) -
     assert len(record["pretrained"]["sha256"]) == 64
     assert not record["leakage"]["audited"]
     assert "MPtrj" in record["leakage"]["reason"]
+    assert record["lr_scale"] == foundation_source("chgnet").lr_scale > 1
     card = (run / "MODEL_CARD.md").read_text()
+    assert f"every rate × {record['lr_scale']:g} for this source" in card
     assert "ALIGNN property model" not in card
     assert "CHGNet 0.4.2" in card and "MPtrj" in card
     assert chgnet_run.metrics["test"]["target"]["original"]["n"] == 3
