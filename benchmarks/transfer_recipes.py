@@ -130,9 +130,8 @@ RECIPES: dict[str, Recipe] = {
     # Discriminative learning rates: the embedding and the message-passing layers, whose
     # features transfer, move slower than the readout (gcn, head).
     # A foundation model (pip install "matxfer[chgnet]"; its wheel ships the weights), new
-    # head, at its lr_scale (10) times the profile's rate; -lr3e-2: three times that.
+    # head, at its lr_scale (10) times the profile's rate.
     "ftchgnet": Recipe(f"{SHIPPED}chgnet", {"head": "new"}),
-    "ftchgnet-lr3e-2": Recipe(f"{SHIPPED}chgnet", {"head": "new"}, {"lr": 3e-3}),
     "ftmpt7all-bg-dlr": Recipe(
         f"{SHIPPED}mpt7", {"head_outputs": ["bg"], "lr_multipliers": _SLOW_BODY}
     ),

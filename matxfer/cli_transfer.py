@@ -144,7 +144,8 @@ def finetune(
             help="Pre-training run directory or checkpoint file, a model shipped with "
             "matxfer (mpt7, mpt7-no-ph, fe, ...: matxfer models list), or a foundation model: "
             # "\[": typer renders help with rich markup, where [chgnet] would be a tag.
-            'chgnet (CHGNet 0.4.2, MPtrj; pip install "matxfer\\[chgnet]").',
+            'chgnet (CHGNet 0.4.2, MPtrj; pip install "matxfer\\[chgnet]"; it trains at '
+            "10x the learning rate).",
             show_default=False,
         ),
     ],
