@@ -129,12 +129,12 @@ RECIPES: dict[str, Recipe] = {
     "ftmpt7all-bg": Recipe(f"{SHIPPED}mpt7", {"head_outputs": ["bg"]}),
     # Discriminative learning rates: the embedding and the message-passing layers, whose
     # features transfer, move slower than the readout (gcn, head).
-    # A foundation model (pip install "matxfer[chgnet]"; its wheel ships the weights), new
-    # head, at its lr_scale (10) times the profile's rate.
-    "ftchgnet": Recipe(f"{SHIPPED}chgnet", {"head": "new"}),
     "ftmpt7all-bg-dlr": Recipe(
         f"{SHIPPED}mpt7", {"head_outputs": ["bg"], "lr_multipliers": _SLOW_BODY}
     ),
+    # A foundation model (pip install "matxfer[chgnet]"; its wheel ships the weights), new
+    # head, at its lr_scale (10) times the profile's rate.
+    "ftchgnet": Recipe(f"{SHIPPED}chgnet", {"head": "new"}),
 }
 #: Rows pooling one recipe over several pre-training samples.
 POOLED: dict[str, tuple[str, ...]] = {

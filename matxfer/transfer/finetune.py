@@ -225,7 +225,7 @@ def _model_card_section(record: dict[str, Any]) -> str:
         f"- learning-rate multipliers: {record['lr_multipliers'] or 'none'}"
         + (
             f"; every rate × {record['lr_scale']:g} for this source"
-            if record.get("lr_scale", 1.0) != 1.0
+            if record["lr_scale"] != 1.0
             else ""
         ),
         f"- linear probe (head only) first: {record['probe_epochs'] or 'no'} epochs; "

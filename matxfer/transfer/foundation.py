@@ -113,7 +113,7 @@ CHGNET = FoundationSource(
     target_names=("energy_per_atom", "forces", "stress", "magmom"),
     load=_load_chgnet,
     # At matxfer's rates (1e-3) CHGNet under-fits: on phonons at size 100 (trial 1, seed 0)
-    # training R² 0.72, validation 0.66; at 1e-2, 0.99 and 0.94 (README, Foundation model).
+    # training R² 0.72, validation 0.66; at 1e-2, 0.99 and 0.94 (README, Transfer learning).
     lr_scale=10.0,
 )
 
