@@ -8,6 +8,7 @@ error line (plus its listed problems) and a non-zero exit; no traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -217,9 +218,12 @@ def evaluate(
     interval: IntervalOption = None,
     calibration: CalibrationOption = None,
 ) -> None:
-    """Metrics (R², MAE, RMSE) of a trained model on a labelled dataset; of the ensemble of
-    the runs --select picks when RUN is a study folder (e.g. --select 'ft=ph,pt=fe,size=800');
-    with --interval, the coverage of conformal intervals and a calibration plot too."""
+    """Metrics (R², MAE, RMSE) of a trained model or ensemble on a labelled dataset.
+
+    With a study folder as RUN, the ensemble of the runs --select picks (e.g. --select
+    'ft=ph,pt=fe,size=800'); with --interval, the coverage of conformal intervals and a
+    calibration plot too.
+    """
     from matxfer.study.ensemble import study_command
     from matxfer.training import evaluate as run_evaluation
     from matxfer.uncertainty.intervals import interval_command
@@ -249,9 +253,11 @@ def predict(
     interval: IntervalOption = None,
     calibration: CalibrationOption = None,
 ) -> None:
-    """Predictions in original units for every structure of DATA; with a study folder as RUN,
-    the mean, std and members of the runs --select picks (e.g. 'ft=ph,pt=fe,size=800');
-    with --interval, conformal lower and upper bounds too."""
+    """Predictions in original units for every structure of DATA.
+
+    With a study folder as RUN, the mean, std and members of the runs --select picks (e.g.
+    'ft=ph,pt=fe,size=800'); with --interval, conformal lower and upper bounds too.
+    """
     from matxfer.study.ensemble import study_command
     from matxfer.training import predict as run_prediction
     from matxfer.uncertainty.intervals import interval_command
@@ -273,10 +279,27 @@ cli_rank.register(app)
 cli_models.register(app)
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Show a warning as ``warning: <message>``: the source line of a library's internals
+    tells a user nothing they can act on."""
+    err_console.print(
+        Text.assemble(("warning:", "yellow"), f" {message}"), highlight=False, soft_wrap=True
+    )
+
+
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            app()
     except MatxferError as error:
         report_error(error)
         sys.exit(2)

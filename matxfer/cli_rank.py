@@ -101,8 +101,10 @@ def rank_sources(
     ] = False,
     progress: ProgressOption = None,
 ) -> None:
-    """Rank pre-trained models for DATA without fine-tuning: LogME, ridge and kNN probes of
-    their frozen embeddings of DATA's training structures (seconds to minutes on a CPU).
+    """Rank pre-trained models for DATA without fine-tuning (seconds to minutes on a CPU).
+
+    Scores are LogME, ridge and kNN probes of each model's frozen embeddings of DATA's
+    training structures.
 
     Example: matxfer rank-sources ph --data-dir DIR --size 800 --trial 1 --from runs/fe runs/gv
     """

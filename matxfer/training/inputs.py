@@ -14,6 +14,7 @@ validate and test a model:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from matxfer.data import Dataset, ValidationConfig, read_dataset, resolve_data
+from matxfer.data.formats.folders import read_structure_file
 from matxfer.data.records import Record, target_names
 from matxfer.data.sampling import sample
 from matxfer.data.splits import (
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 
 #: Suffixes of single-structure files that ``predict`` reads without labels.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
+
+#: Fewer training records than this draw a warning (the study's smallest size, 10, has 9).
+FEW_TRAINING_RECORDS = 5
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,13 @@ def prepare_splits(
     names = target_names(train)
     if not names:
         raise DataError(f"{source}: the training records carry no target values")
+    if len(train) < FEW_TRAINING_RECORDS:
+        warnings.warn(
+            f"{source}: only {len(train)} training record(s) after holding out test and "
+            "validation records; a model and metrics from so few mean little",
+            UserWarning,
+            stacklevel=2,
+        )
     return Splits(train, val, fixed_test, names, source, test_source, skipped, spec)
 
 
@@ -274,14 +286,10 @@ def read_unlabelled(files: Sequence[Path], skip_invalid: bool = False) -> tuple[
     records, problems = [], []
     for index, path in enumerate(files):
         try:
-            structure = Structure.from_file(path)
+            structure = read_structure_file(path)
             check_structure(structure, ValidationConfig())
         except InvalidRecordError as error:
             problems.append(Problem(str(path), None, path.name, str(error)))
-            continue
-        except Exception as error:  # pymatgen raises many types for malformed files
-            reason = f"unreadable structure ({describe_error(error)})"
-            problems.append(Problem(str(path), None, path.name, reason))
             continue
         records.append(Record(path.name, structure, {}, str(path), index))
     if problems and not skip_invalid:

@@ -6,11 +6,13 @@ import json
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from matxfer import cli
 from matxfer.cli import main
 from matxfer.training import TrainResult, load_model
 from matxfer.training.outputs import epoch_log
@@ -112,6 +114,35 @@ def test_cli_bad_input_is_one_error_line_not_a_traceback(tiny_data: Path, tmp_pa
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and "missing.json" in result.stderr
+
+
+def test_cli_warnings_are_one_line_without_library_source(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def warns() -> None:
+        warnings.warn("target column(s) [0] have zero spread", UserWarning, stacklevel=1)
+
+    monkeypatch.setattr(cli, "app", warns)
+    cli.main()
+    error = capsys.readouterr().err
+    assert error == "warning: target column(s) [0] have zero spread\n"
+
+
+def test_cli_unreadable_cif_is_named_without_pymatgen_warnings(
+    trained_run: TrainResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = tmp_path / "broken.cif"
+    broken.write_text("data_x\n_cell_length_a 4.0\n_symmetry_space_group_name_H-M 'P 1'\n")
+    args = ("predict", trained_run.best_checkpoint, broken, "--out", tmp_path / "p.csv")
+    assert run_main(monkeypatch, *args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: 1 of 1 structure files are invalid")
+    assert "cannot read structure file 'broken.cif'" in error
+    assert "Warning" not in error and "pymatgen" not in error
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ def test_explicit_test_file_and_size(tiny_data: Path, tmp_path: Path) -> None:
     assert "removed" in splits.source
     with pytest.raises(DataError, match="missing"):
         prepare_splits(tiny_data, tiny_config(), test=tmp_path / "missing.json")
+
+
+def test_a_handful_of_training_records_draws_a_warning(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="only 3 training record"):
+        splits = prepare_splits(tiny_data, tiny_config(), size=4)
+    assert splits.counts["train"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the study's smallest size (10) trains 9: no warning
+        assert prepare_splits(tiny_data, tiny_config(), size=10).counts["train"] == 9
 
 
 def test_trial_needs_size_and_a_named_dataset(tiny_data: Path) -> None:

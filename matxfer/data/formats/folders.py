@@ -69,23 +69,33 @@ def _check_poscar_counts(path: Path) -> None:
         )
 
 
+def read_structure_file(path: Path) -> Structure:
+    """One CIF or POSCAR file as a structure.
+
+    Raises:
+        InvalidRecordError: The file is unreadable, naming it and pymatgen's reason.
+    """
+    if path.suffix.lower() == ".vasp" or path.name.upper().startswith(("POSCAR", "CONTCAR")):
+        _check_poscar_counts(path)
+    try:
+        with warnings.catch_warnings():
+            # pymatgen warns about every oddity of a CIF; the error below says what matters
+            warnings.simplefilter("ignore")
+            return Structure.from_file(path)
+    except Exception as error:  # pymatgen raises many types for malformed files
+        raise InvalidRecordError(
+            f"cannot read structure file '{path.name}' ({describe_error(error)}); "
+            "use POSCAR (*.vasp, POSCAR*) or CIF (*.cif) files"
+        ) from None
+
+
 def _load_structure(folder: Path, name: str) -> Structure:
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()):
         raise InvalidRecordError(f"structure file '{name}' lies outside {folder}")
     if not path.is_file():
         raise InvalidRecordError(f"structure file '{name}' not found in {folder}")
-    if path.suffix.lower() == ".vasp" or path.name.upper().startswith(("POSCAR", "CONTCAR")):
-        _check_poscar_counts(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pymatgen's CIF warnings are noise here
-            return Structure.from_file(path)
-    except Exception as error:
-        raise InvalidRecordError(
-            f"cannot read structure file '{name}' ({describe_error(error)}); "
-            "use POSCAR (*.vasp, POSCAR*) or CIF (*.cif) files"
-        ) from None
+    return read_structure_file(path)
 
 
 def read_idprop(path: Path, target_key: str | None = None) -> tuple[list[Record], list[Problem]]:
