@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from matxfer.errors import MatxferError
+
 
 def temporary_name(path: Path) -> Path:
     """A fresh temporary path beside ``path`` (same folder, so the rename is atomic)."""
@@ -37,7 +39,14 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
             figure.savefig(tmp, format="png")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise MatxferError(f"{path} is a folder; give a file name to write to")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MatxferError(f"cannot write {path}: a part of its folder is a file") from None
+    except PermissionError:
+        raise MatxferError(f"cannot write {path}: permission denied") from None
     tmp = temporary_name(path)
     try:
         yield tmp

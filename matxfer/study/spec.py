@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from matxfer.errors import ConfigError
-from matxfer.training.config import SamplingName
+from matxfer.training.config import SamplingName, describe_yaml_error
 
 #: File name of the spec copy kept in a study directory (``study retry`` reads it).
 SPEC_COPY = "spec.yaml"
@@ -254,6 +254,8 @@ def _describe(error: ValidationError, source: str, lines: dict[tuple[Any, ...], 
         key = ".".join(str(part) for part in loc) or "<top level>"
         if item["type"] == "extra_forbidden":
             what = f"unknown key {key!r}"
+        elif item["type"] == "missing":
+            what = f"missing key {key!r}"  # its input is the whole enclosing mapping
         else:
             what = f"{key}={item.get('input')!r}: {item['msg']}"
         problems.append(f"{where}: {what}{_allowed(item, _model_at(tuple(item['loc'])))}")
@@ -270,7 +272,7 @@ def parse_spec(text: str, source: str = "spec") -> StudySpec:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+        raise ConfigError(f"{source}: not valid YAML: {describe_yaml_error(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a study spec must be a mapping of keys to values")
     lines: dict[tuple[Any, ...], int] = {}

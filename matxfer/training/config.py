@@ -273,6 +273,15 @@ def resolve_config(
         raise _describe(error, source) from None
 
 
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: ``line L, column C: problem``."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark = error.problem_mark
+    context = f" ({error.context})" if error.context else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}{context}"
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file as a nested dict (not yet validated).
 
@@ -284,7 +293,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {describe_yaml_error(error)}") from None
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config file: {error}") from None
     if loaded is None:
         return {}

@@ -185,8 +185,11 @@ def test_wall_time_simulation_waits_for_pretraining(tmp_path: Path) -> None:
 def test_parse_spec_rejects_non_mapping() -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_spec("- 1\n- 2\n", "x.yaml")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML: line 2, column 1: expected") as bad:
         parse_spec("a: [\n", "x.yaml")
+    assert "\n" not in str(bad.value)  # one line, as the CLI prints errors
+    with pytest.raises(ConfigError, match="x.yaml: missing key 'finetune'$"):
+        parse_spec("name: a\ntrials: [1]\n", "x.yaml")
 
 
 def test_pretraining_excludes_the_share_a_target_without_test_set_holds_out(
