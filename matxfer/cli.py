@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,7 @@ from matxfer.cli_options import (
     err_console,
     print_metrics,
 )
-from matxfer.errors import DataError, MatxferError
+from matxfer.errors import DataError, MatxferError, Problem
 from matxfer.study.commands import study_app
 
 app = typer.Typer(
@@ -57,6 +58,32 @@ app.add_typer(study_app, name="study")
 
 #: At most this many problem lines are printed; the rest are counted.
 MAX_PROBLEM_LINES = 200
+#: A reason shared by many records is printed for this many, then counted.
+SAME_REASON_LINES = 3
+
+
+def problem_lines(problems: list[Problem]) -> list[str]:
+    """One line per problem, except that a reason many records share (a whole file
+    without the target field, say) is shown for a few and then counted."""
+    shown: Counter[str] = Counter()
+    lines = []
+    for problem in problems:
+        shown[problem.reason] += 1
+        if shown[problem.reason] <= SAME_REASON_LINES:
+            lines.append(f"  {problem}")
+    lines = lines[:MAX_PROBLEM_LINES]
+    for reason, count in shown.items():
+        if count > SAME_REASON_LINES:
+            lines.append(f"  ... and {count - SAME_REASON_LINES} more records: {reason}")
+    hidden = sum(min(n, SAME_REASON_LINES) for n in shown.values()) - MAX_PROBLEM_LINES
+    if hidden > 0:
+        lines.append(f"  ... and {hidden} more problems")
+    return lines
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for line in problem_lines(problems):
+        err_console.print(line, highlight=False, soft_wrap=True)
 
 
 def report_error(error: MatxferError) -> None:
@@ -65,11 +92,7 @@ def report_error(error: MatxferError) -> None:
         Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True
     )
     if isinstance(error, DataError):
-        for problem in error.problems[:MAX_PROBLEM_LINES]:
-            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
-        hidden = len(error.problems) - MAX_PROBLEM_LINES
-        if hidden > 0:
-            err_console.print(f"  ... and {hidden} more problems")
+        _print_problems(error.problems)
 
 
 # ---------------------------------------------------------------- data
@@ -116,8 +139,7 @@ def data_check(
             err_console.print(
                 Text(f"skipped {len(dataset.skipped)} invalid records:", style="yellow")
             )
-            for problem in dataset.skipped[:MAX_PROBLEM_LINES]:
-                err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+            _print_problems(dataset.skipped)
     counts = ", ".join(f"{len(d)} records" for d in datasets)
     console.print(Text.assemble(("OK", "green"), f": {counts}"))
 

@@ -130,7 +130,9 @@ def _json_format(data: object, path: Path) -> str:
     )
 
 
-def _read(path: Path, format: str | None, target_key: str | None) -> tuple[str, list, list]:
+def _read(
+    path: Path, format: str | None, target_key: str | None, require_target: bool
+) -> tuple[str, list, list]:
     if format is not None and format not in FORMATS:
         raise DataError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}")
     detected = detect_format(path)
@@ -143,8 +145,10 @@ def _read(path: Path, format: str | None, target_key: str | None) -> tuple[str, 
         raise DataError(f"{path}: an id_prop folder cannot be read as format '{format}'")
     data = load_json(path)
     format = format or _json_format(data, path)
-    to_records = alignn_records if format == "alignn" else matbench_records
-    records, problems = to_records(data, str(path), target_key)
+    if format == "alignn":
+        records, problems = alignn_records(data, str(path), target_key, require_target)
+    else:
+        records, problems = matbench_records(data, str(path), target_key)
     return format, records, problems
 
 
@@ -205,7 +209,9 @@ def read_dataset(
             Single-target records name their target ``"target"``.
         skip_invalid: Drop invalid records (listed in ``Dataset.skipped``)
             instead of raising.
-        validation: Check thresholds (default: :class:`ValidationConfig` ()).
+        validation: Check thresholds (default: :class:`ValidationConfig` ()); with
+            ``require_targets=False``, ALIGNN records without a target are read
+            unlabelled.
         name: Optional dataset name.
 
     Raises:
@@ -214,7 +220,8 @@ def read_dataset(
     """
     path = Path(path).expanduser()
     try:
-        format, records, problems = _read(path, format, target_key)
+        required = (validation or ValidationConfig()).require_targets
+        format, records, problems = _read(path, format, target_key, required)
     except MatxferError:
         raise
     except Exception as error:  # an unforeseen failure still names the file

@@ -98,6 +98,8 @@ class ValidationConfig:
         min_neighbors: Neighbours every atom needs within ``neighbor_cutoff``
             (default: the default ``GraphConfig.max_neighbors``, 12).
         max_atoms: Most atoms a structure may have (default: :data:`MAX_ATOMS`).
+        require_targets: Every record needs a target; ``False`` lets records of
+            prediction inputs come without one (default: ``True``).
     """
 
     min_distance: float = 0.5
@@ -105,6 +107,7 @@ class ValidationConfig:
     neighbor_cutoff: float = _GRAPH_DEFAULTS.max_cutoff
     min_neighbors: int = _GRAPH_DEFAULTS.max_neighbors
     max_atoms: int = MAX_ATOMS
+    require_targets: bool = True
 
     @classmethod
     def for_graphs(cls, graph: GraphConfig) -> ValidationConfig:
@@ -472,7 +475,8 @@ def validate_records(
     problems = []
     for record in records:
         try:
-            check_targets(record.targets)
+            if record.targets or config.require_targets:
+                check_targets(record.targets)
             check_structure(record.structure, config)
         except InvalidRecordError as error:
             problems.append(Problem(record.source, record.index, record.id, str(error)))

@@ -307,13 +307,14 @@ def records_to_predict(
     target_key: str | None = None,
     skip_invalid: bool = False,
 ) -> tuple[list[Record], str, int]:
-    """Records of ``data`` for prediction: structure files (labels not needed) or a
-    dataset (any format the readers take). Returns (records, source, number skipped)."""
+    """Records of ``data`` for prediction: structure files or a dataset (any format the
+    readers take; ALIGNN records may lack labels). Returns (records, source, skipped)."""
     files = structure_files(data)
     if files is not None:
         records, skipped = read_unlabelled(files, skip_invalid)
         return records, str(data), skipped
-    return read_records(data, format, target_key, skip_invalid)
+    unlabelled = ValidationConfig(require_targets=False)
+    return _part(read_dataset(data, format, target_key, skip_invalid, unlabelled))
 
 
 def _as_structure(item: object) -> Structure:

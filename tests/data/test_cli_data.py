@@ -41,6 +41,16 @@ def test_invalid_file_lists_problems(tmp_path: Path) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_reason_many_records_share_is_shown_thrice_then_counted(tmp_path: Path) -> None:
+    path = write_records(tmp_path / "bad.json", [math.nan] * 8 + [1.0, math.inf])
+    result = CliRunner().invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert sum("is NaN" in line for line in lines) == 4  # three records, then the count
+    assert "  ... and 5 more records: target 'target' is NaN" in lines
+    assert f"  {path}: record 9 (id 9): target 'target' is infinite (inf)" in lines
+
+
 def test_skip_invalid_reports_skipped(tmp_path: Path) -> None:
     path = write_records(tmp_path / "bad.json", [1.0, math.nan, 2.0])
     result = CliRunner().invoke(app, ["data", "check", str(path), "--skip-invalid"])

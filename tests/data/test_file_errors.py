@@ -81,7 +81,7 @@ def test_zip_with_one_json_member_reads(tmp_path: Path) -> None:
 def test_unexpected_reader_failure_names_the_file(tmp_path: Path, monkeypatch) -> None:
     import matxfer.data.readers as readers
 
-    def explode(data: object, source: str, target_key: str | None) -> None:
+    def explode(data: object, source: str, *options: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(readers, "alignn_records", explode)

@@ -188,7 +188,7 @@ def test_parse_spec_rejects_non_mapping() -> None:
     with pytest.raises(ConfigError, match="not valid YAML: line 2, column 1: expected") as bad:
         parse_spec("a: [\n", "x.yaml")
     assert "\n" not in str(bad.value)  # one line, as the CLI prints errors
-    with pytest.raises(ConfigError, match="x.yaml: missing key 'finetune'$"):
+    with pytest.raises(ConfigError, match=r"x\.yaml: missing key 'finetune'$"):
         parse_spec("name: a\ntrials: [1]\n", "x.yaml")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from training_helpers import synthetic_structures, write_alignn_json
 
 from matxfer import cli
 from matxfer.cli import main
@@ -126,6 +127,24 @@ def test_cli_warnings_are_one_line_without_library_source(
     cli.main()
     error = capsys.readouterr().err
     assert error == "warning: target column(s) [0] have zero spread\n"
+
+
+def test_cli_predicts_alignn_records_without_labels_but_evaluate_needs_them(
+    trained_run: TrainResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records = write_alignn_json(tmp_path / "new.json", synthetic_structures(4, seed=9), False)
+    rows = json.loads(records.read_text())
+    rows[1]["target"] = None  # a blank label is no label
+    records.write_text(json.dumps(rows))
+    out = tmp_path / "p.csv"
+    assert run_main(monkeypatch, "predict", trained_run.best_checkpoint, records, "--out", out) == 0
+    predicted = pd.read_csv(out)
+    assert predicted.columns.tolist() == ["id", "prediction"] and len(predicted) == 4
+    assert run_main(monkeypatch, "evaluate", trained_run.best_checkpoint, records) == 2
+    assert "record has no target field 'target'" in capsys.readouterr().err
 
 
 def test_cli_unreadable_cif_is_named_without_pymatgen_warnings(

@@ -74,7 +74,9 @@ def _alignn_id(item: object, index: int) -> str | None:
         return None
 
 
-def _alignn_record(item: object, index: int, key: str, source: str) -> Record:
+def _alignn_record(
+    item: object, index: int, key: str, source: str, require_target: bool = True
+) -> Record:
     if not isinstance(item, dict):
         raise InvalidRecordError(
             f"record is {_kind(item)}, expected an object with jid, atoms, {key}"
@@ -82,9 +84,13 @@ def _alignn_record(item: object, index: int, key: str, source: str) -> Record:
     if "jid" not in item and "id" not in item:
         raise InvalidRecordError(f"record has no 'jid' or 'id' field (fields: {_keys(item)})")
     rid = record_id(item["jid"] if "jid" in item else item["id"])
-    if key not in item:
-        raise InvalidRecordError(f"record has no target field '{key}' (fields: {_keys(item)})")
-    target = as_target(item[key], key)
+    if require_target and key not in item:
+        raise InvalidRecordError(
+            f"record has no target field '{key}' (fields: {_keys(item)}; "
+            "target_key / --target-key names another)"
+        )
+    labelled = require_target or item.get(key) is not None
+    targets = {DEFAULT_TARGET: as_target(item[key], key)} if labelled else {}
     atoms = item.get("atoms")
     if atoms is None:
         raise InvalidRecordError(
@@ -100,12 +106,12 @@ def _alignn_record(item: object, index: int, key: str, source: str) -> Record:
         raise InvalidRecordError(f"atoms.cartesian must be true or false, got {cartesian!r}")
     return build_record(
         rid, atoms["lattice_mat"], atoms["elements"], atoms["coords"], cartesian,
-        {DEFAULT_TARGET: target}, source, index,
+        targets, source, index,
     )  # fmt: skip
 
 
 def alignn_records(
-    data: object, source: str, target_key: str | None = None
+    data: object, source: str, target_key: str | None = None, require_target: bool = True
 ) -> tuple[list[Record], list[Problem]]:
     """Records from parsed ALIGNN/JARVIS JSON.
 
@@ -114,6 +120,8 @@ def alignn_records(
         source: File name for messages.
         target_key: Field holding the target (default: ``"target"``). The
             record's target is named ``"target"`` whichever field it came from.
+        require_target: ``False`` reads a record whose target field is missing or
+            null as unlabelled (structures to predict) instead of as a problem.
     """
     if isinstance(data, dict):
         if "columns" in data and "data" in data:
@@ -129,7 +137,10 @@ def alignn_records(
     if not data:
         raise DataError(f"{source}: the record list is empty")
     key = target_key or DEFAULT_TARGET
-    return collect(data, source, lambda item, i: _alignn_record(item, i, key, source), _alignn_id)
+    return collect(
+        data, source, lambda item, i: _alignn_record(item, i, key, source, require_target),
+        _alignn_id,
+    )  # fmt: skip
 
 
 def read_alignn(path: Path, target_key: str | None = None) -> tuple[list[Record], list[Problem]]:
