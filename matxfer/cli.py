@@ -41,6 +41,7 @@ from matxfer.cli_options import (
     console,
     err_console,
     print_metrics,
+    reflow_help,
 )
 from matxfer.errors import DataError, MatxferError, Problem
 from matxfer.study.commands import study_app
@@ -299,6 +300,7 @@ def predict(
 cli_transfer.register(app)
 cli_rank.register(app)
 cli_models.register(app)
+reflow_help(app)
 
 
 def _one_line_warning(

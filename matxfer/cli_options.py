@@ -6,6 +6,7 @@ Declared once here so that ``train`` (:mod:`matxfer.cli`) and the transfer comma
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -69,3 +70,23 @@ def print_metrics(metrics: dict, splits: tuple[str, ...], run_dir: Path | None =
             f"best epoch {metrics['best_epoch']} of {metrics['epochs_trained']} (training "
             f"ended by {stop_description(metrics)}); run saved in {run_dir}"
         )
+
+
+def _reflowed(doc: str) -> str:
+    """``doc`` with each prose paragraph on one line, so the terminal wraps it (typer keeps
+    a docstring's line breaks); a paragraph with indented lines (examples) keeps its own."""
+    paragraphs = doc.split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """Reflow the docstring help of every command of ``app`` and of its sub-apps."""
+    for command in app.registered_commands:
+        if command.help is None and command.callback is not None:
+            command.help = _reflowed(inspect.getdoc(command.callback) or "")
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
