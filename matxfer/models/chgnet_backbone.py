@@ -54,11 +54,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import Element, Structure
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from matxfer.errors import MatxferError, MissingDependencyError
+from matxfer.errors import DataError, MatxferError, MissingDependencyError, Problem
 from matxfer.models.mlp import MLPHead
 
 if TYPE_CHECKING:
@@ -235,12 +235,14 @@ class CHGNetRegressor(nn.Module):
             ids: Names of the structures, for the error below.
 
         Raises:
+            DataError: Structures hold elements beyond CHGNet's embedding (each named).
             MatxferError: CHGNet cannot build a structure's graph (naming it).
         """
+        names = [f"structure #{i}" for i in range(len(structures))] if ids is None else list(ids)
+        self._check_elements(structures, names)
         converter = self.backbone.graph_converter
         out = []
-        for index, structure in enumerate(structures):
-            name = ids[index] if ids is not None else f"structure #{index}"
+        for structure, name in zip(structures, names, strict=True):
             try:
                 graph = converter(structure, graph_id=name)
             except Exception as error:  # CHGNet raises plain exceptions; name the crystal
@@ -251,6 +253,24 @@ class CHGNetRegressor(nn.Module):
             graph.lattice = graph.lattice.detach()
             out.append(Data(chgnet_graph=graph, num_nodes=len(structure)))
         return out
+
+    def _check_elements(self, structures: Sequence[Structure], names: list[str]) -> None:
+        """CHGNet embeds Z 1-94 only (its MPtrj elements); a heavier atom would index past
+        its embedding table, so name every structure holding one instead."""
+        max_z = self.backbone.atom_embedding.embedding.num_embeddings
+        problems = []
+        for index, (structure, name) in enumerate(zip(structures, names, strict=True)):
+            heavy = {z for z in structure.atomic_numbers if z > max_z}
+            if heavy:
+                symbols = ", ".join(Element.from_Z(z).symbol for z in sorted(heavy))
+                reason = f"element(s) {symbols} beyond CHGNet's Z 1-{max_z}"
+                problems.append(Problem("input", index, name, reason))
+        if problems:
+            raise DataError(
+                f"{len(problems)} of {len(structures)} structures hold elements CHGNet cannot "
+                "embed; drop them, or use an ALIGNN model (Z 1-100)",
+                problems,
+            )
 
     def crystal_features(self, batch: Data) -> Tensor:
         """Mean-pooled atom features after CHGNet's last convolution, ``[B, 64]``.

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from torch_geometric.loader import DataLoader
 
-from matxfer.errors import MissingDependencyError
+from matxfer.errors import DataError, MissingDependencyError
 from matxfer.transfer.freeze import parameter_groups
 
 chgnet = pytest.importorskip("chgnet")
@@ -85,6 +85,17 @@ def test_graphs_carry_no_gradient_state(
     graph = regressor.featurize(small_structures[:1])[0].chgnet_graph
     assert not graph.atom_frac_coord.requires_grad
     assert not graph.lattice.requires_grad
+
+
+def test_elements_beyond_chgnets_embedding_are_named_not_an_index_error(
+    regressor: CHGNetRegressor, small_structures: list[Structure]
+) -> None:
+    americium = Structure(Lattice.cubic(3.0), ["Am", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(DataError, match="1 of 2 structures hold elements CHGNet cannot") as bad:
+        regressor.featurize([small_structures[0], americium], ids=["ok", "am"])
+    assert [str(p) for p in bad.value.problems] == [
+        "input: record 1 (id am): element(s) Am beyond CHGNet's Z 1-94"
+    ]
 
 
 def test_missing_chgnet_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
