@@ -21,6 +21,7 @@ the same ids. The returned records keep their pool order.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -176,3 +177,25 @@ def sample(
         values = np.zeros(len(records))
     chosen = np.sort(draw(values, n, np.random.default_rng(seed)))
     return [records[i] for i in chosen]
+
+
+def sample_described(
+    records: Sequence[Record], n: int, strategy: str, seed: int, source: str
+) -> tuple[list[Record], str]:
+    """:func:`sample` plus ``source`` extended by what was drawn, for run records.
+
+    A size above the pool keeps the whole pool and warns, so a run never claims a
+    size it did not train on.
+    """
+    if n > len(records):
+        warnings.warn(
+            f"{source}: size {n} asks for more than the {len(records)} records left after "
+            "the test set; all of them are used",
+            UserWarning,
+            stacklevel=2,
+        )
+        return list(records), f"{source} (all {len(records)}; size {n} asked)"
+    if n == len(records):
+        return list(records), source
+    chosen = sample(records, n, strategy, seed=seed)
+    return chosen, f"{source} ({strategy} sample of {n}, seed {seed})"

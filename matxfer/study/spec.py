@@ -29,7 +29,7 @@ allowed values (:func:`load_spec`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -96,7 +96,7 @@ class PretrainEntry(_Strict):
     leave_one_out: bool = False
     sizes: list[int | None] = Field(default_factory=lambda: [None])
     sampling: SamplingName = "random"
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
     epochs: int | None = Field(None, ge=1)
     config: dict[str, Any] = Field(default_factory=dict)
     exclude_test_structures: bool = False
@@ -179,7 +179,7 @@ class StudySpec(_Strict):
     profile: str = "fast"
     config: dict[str, Any] = Field(default_factory=dict)
     trials: list[int] | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     sampling: SamplingName = "random"
     scratch: bool = True
     test_fraction: float = Field(0.1, gt=0, lt=1)

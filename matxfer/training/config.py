@@ -158,7 +158,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's seed sequences take no negative seeds
     model: ModelSettings = ModelSettings()
     graph: GraphConfig = GraphConfig()
     loss: LossName = "mse"
@@ -172,7 +172,7 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(50, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
-    test_seed: int | None = None
+    test_seed: int | None = Field(None, ge=0)
     sampling: SamplingName = "random"
     target_transform: TransformName = "both"
     num_workers: int = Field(0, ge=0)

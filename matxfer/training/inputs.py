@@ -27,7 +27,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from matxfer.data import Dataset, ValidationConfig, read_dataset, resolve_data
 from matxfer.data.formats.folders import read_structure_file
 from matxfer.data.records import Record, target_names
-from matxfer.data.sampling import sample
+from matxfer.data.sampling import sample_described
 from matxfer.data.splits import (
     check_no_overlap,
     remove_test_records,
@@ -244,8 +244,7 @@ def prepare_splits(
             source += f" ({before - len(pool)} records also in the test set removed)"
         check_no_overlap(pool, fixed_test)
     if size is not None:
-        pool = sample(pool, size, config.sampling, seed=config.seed)
-        source += f" ({config.sampling} sample of {size}, seed {config.seed})"
+        pool, source = sample_described(pool, size, config.sampling, config.seed, source)
     train, val = train_val_split(pool, config.val_fraction, seed=config.seed)
     names = target_names(train)
     if not names:

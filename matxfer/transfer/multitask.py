@@ -59,7 +59,7 @@ from rich.text import Text
 
 from matxfer.data.records import Record
 from matxfer.data.registry import is_named
-from matxfer.data.sampling import sample
+from matxfer.data.sampling import sample_described
 from matxfer.data.splits import train_val_split
 from matxfer.errors import ConfigError, DataError, MatxferError
 from matxfer.locking import DirectoryLock
@@ -290,9 +290,9 @@ def prepare_pretraining(
             prop.pool = kept
     if size is not None:
         for prop in properties.values():
-            if size < len(prop.pool):
-                prop.source += f" ({config.sampling} sample of {size}, seed {config.seed})"
-            prop.pool = sample(prop.pool, size, config.sampling, seed=config.seed)
+            prop.pool, prop.source = sample_described(
+                prop.pool, size, config.sampling, config.seed, prop.source
+            )
 
     merged, report = merge_datasets({name: p.pool for name, p in properties.items()}, match)
     # Merging one dataset only renames its labels and prefixes its ids ("ph:mp-1"), so the

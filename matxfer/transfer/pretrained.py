@@ -26,7 +26,7 @@ from typing import Any
 from matxfer.data.readers import read_dataset
 from matxfer.data.records import Record
 from matxfer.data.registry import resolve_data, sha256_of
-from matxfer.data.sampling import sample
+from matxfer.data.sampling import sample_described
 from matxfer.data.splits import train_val_split
 from matxfer.errors import MatxferError
 from matxfer.locking import locks_directory
@@ -286,8 +286,7 @@ def excluded_splits(
     source = f"{full.source} without {len(removed)} crystals of the fine-tuning test set"
     size = spec.get("size") if spec.get("trial") is None else None
     if size is not None:
-        kept = sample(kept, size, config.sampling, seed=config.seed)
-        source += f" ({config.sampling} sample of {size}, seed {config.seed})"
+        kept, source = sample_described(kept, size, config.sampling, config.seed, source)
     train, val = train_val_split(kept, config.val_fraction, seed=config.seed)
     return Splits(
         train, val, full.test, full.target_names, source, full.test_source, full.skipped

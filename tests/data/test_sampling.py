@@ -9,7 +9,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from matxfer.data.records import Record
-from matxfer.data.sampling import STRATEGIES, resolve_strategy, sample
+from matxfer.data.sampling import STRATEGIES, resolve_strategy, sample, sample_described
 from matxfer.errors import ConfigError, DataError
 
 _STRUCTURE = Structure(Lattice.cubic(3.0), ["Na"], [[0, 0, 0]])
@@ -58,6 +58,16 @@ def test_asking_for_the_whole_pool_returns_it_in_order(strategy: str) -> None:
     pool = lognormal_pool(20)
     assert sample(pool, 20, strategy=strategy) == pool
     assert sample(pool, 50, strategy=strategy) == pool
+
+
+def test_described_sample_says_what_it_drew_and_warns_when_the_pool_is_short() -> None:
+    pool = lognormal_pool(20)
+    subset, source = sample_described(pool, 5, "random", 3, "p.json")
+    assert len(subset) == 5 and source == "p.json (random sample of 5, seed 3)"
+    assert sample_described(pool, 20, "random", 3, "p.json") == (pool, "p.json")
+    with pytest.warns(UserWarning, match="size 50 asks for more than the 20 records"):
+        subset, source = sample_described(pool, 50, "random", 3, "p.json")
+    assert subset == pool and source == "p.json (all 20; size 50 asked)"
 
 
 def test_bad_arguments_are_config_errors() -> None:

@@ -45,10 +45,11 @@ def test_unknown_key_in_yaml_names_key_and_file(tmp_path: Path) -> None:
 
 def test_invalid_value_names_key_and_value(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("loss: hinge\nbatch_size: 0\n")
+    path.write_text("loss: hinge\nbatch_size: 0\nseed: -3\n")
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert "loss='hinge'" in str(error.value) and "batch_size=0" in str(error.value)
+    assert "seed=-3" in str(error.value)  # numpy would raise deep inside the split
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "epochs: [unclosed"])
