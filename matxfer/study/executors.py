@@ -414,6 +414,10 @@ def run_study(
         raise ConfigError(f"unknown executor {executor!r}; choose local or ray")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1")
+    if gpus_per_job < 0:
+        raise ConfigError(f"--gpus-per-job {gpus_per_job:g}: give 0 or more")
+    if max_hours is not None and max_hours <= 0:
+        raise ConfigError(f"--max-hours {max_hours:g}: give a positive number of hours")
     study_dir = Path(study_dir)
     start = time.time()
     deadline = start + max_hours * 3600 if max_hours is not None else None

@@ -119,6 +119,24 @@ def test_a_bad_config_value_fails_at_plan(tiny_spec: SpecMaker) -> None:
         plan_study(load_spec(spec))  # a bad value fails at plan, not at run
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"executor": "dask"}, "unknown executor 'dask'"),
+        ({"workers": 0}, "--workers 0: give at least 1"),
+        ({"gpus_per_job": -1.0}, "--gpus-per-job -1: give 0 or more"),
+        ({"max_hours": -1.0}, "--max-hours -1: give a positive number"),
+    ],
+)
+def test_bad_run_options_are_refused_before_anything_starts(
+    tmp_path: Path, tiny_spec: SpecMaker, options: dict, message: str
+) -> None:
+    plan = plan_study(load_spec(tiny_spec()))
+    with pytest.raises(ConfigError, match=message):
+        run_study(plan, tmp_path / "study", echo=lambda _: None, **options)
+    assert not (tmp_path / "study").exists()
+
+
 def test_failures_are_recorded_the_others_go_on_and_retry_reruns_them(
     tmp_path: Path, tiny_spec: SpecMaker
 ) -> None:
