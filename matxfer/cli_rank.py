@@ -124,7 +124,7 @@ def rank_sources(
     )  # fmt: skip
     ranking = run_ranking(
         spec,
-        [*sources, *(more or [])],
+        list(dict.fromkeys([*sources, *(more or [])])),  # a source given twice is scored once
         seed=seed,
         folds=folds,
         neighbors=neighbors,
