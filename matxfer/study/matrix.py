@@ -16,7 +16,8 @@ directories (:func:`matxfer.study.tables.build_tables`):
 A property *beats the study's scratch* when our scratch mean R² ≥ the study's,
 and *its best FT* when our best fine-tuning mean R² ≥ the study's best and
 > our own scratch mean R² (fine-tuning that does not beat our own scratch is no
-transfer). Unmeasured properties beat nothing.
+transfer). Only groups measured on at least as many runs as our scratch compete
+for best FT. Unmeasured properties beat nothing.
 """
 
 from __future__ import annotations
@@ -79,10 +80,15 @@ class PropertyRow:
         """Any of our runs at this property and size."""
         return self.scratch is not None or bool(self.finetune)
 
+    def is_candidate(self, group: Accuracy) -> bool:
+        """Whether ``group`` may be the best FT: measured on at least as many runs as our
+        scratch, so that one lucky seed never stands in for a mean."""
+        return self.scratch is None or group.n >= self.scratch.n
+
     @property
     def best_ft(self) -> Accuracy | None:
-        """Our fine-tuning group with the highest mean R²."""
-        return self.finetune[0] if self.finetune else None
+        """Our fine-tuning group with the highest mean R² among the candidates."""
+        return next((group for group in self.finetune if self.is_candidate(group)), None)
 
     @property
     def beats_scratch(self) -> bool:
@@ -232,8 +238,9 @@ def format_matrix(matrix: list[PropertyRow], size: int) -> list[str]:
         scratch = _stats(row.scratch) if row.scratch else "not measured"
         lines.append(f"{row.target}: scratch {scratch}")
         for accuracy in row.finetune:
-            lines.append(f"    {accuracy.label}: {_stats(accuracy)}")
-        best = row.best_ft.label if row.best_ft else "none (FT not measured)"
+            fewer = "" if row.is_candidate(accuracy) else " (fewer runs than scratch: not ranked)"
+            lines.append(f"    {accuracy.label}: {_stats(accuracy)}{fewer}")
+        best = row.best_ft.label if row.best_ft else "none (FT not measured on as many runs)"
         lines += [f"    best FT: {best}", f"    {study}"]
         verdict = [
             f"scratch {'≥' if row.beats_scratch else '<'} study",

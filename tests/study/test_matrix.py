@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import result_row
 
-from matxfer.study.matrix import PROPERTIES, accuracy_matrix, beats_line
+from matxfer.study.matrix import PROPERTIES, accuracy_matrix, beats_line, format_matrix
 from matxfer.study.store import write_result
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy_matrix.py"
@@ -75,6 +75,21 @@ def test_matrix_numbers_and_verdicts(matrix_results: pd.DataFrame) -> None:
     assert matrix["pz"].scratch is None and not matrix["pz"].beats_best_ft
     assert not matrix["fe"].measured and not matrix["fe"].beats_scratch
     assert beats_line(list(matrix.values())) == "beats_study: 1/7 scratch, 2/7 best-FT"
+
+
+def test_a_group_with_fewer_runs_than_scratch_is_listed_but_not_ranked(
+    matrix_results: pd.DataFrame,
+) -> None:
+    lucky = pd.DataFrame(_runs("dc", "finetune", "chgnet", [0.99]))  # one run, above all
+    matrix = {
+        row.target: row
+        for row in accuracy_matrix(pd.concat([matrix_results, lucky], ignore_index=True), 800)
+    }
+    dc = matrix["dc"]
+    assert dc.finetune[0].n == 1 and dc.finetune[0].r2_mean == pytest.approx(0.99)
+    assert dc.best_ft is not None and dc.best_ft.label.startswith("mpt7-no-dc")
+    lines = format_matrix(list(matrix.values()), 800)
+    assert any("(fewer runs than scratch: not ranked)" in line for line in lines)
     # Another size has other runs (ph and fe → ph at 100, no study best FT row missing).
     at_100 = {row.target: row for row in accuracy_matrix(matrix_results, 100)}
     assert at_100["ph"].scratch is not None and at_100["ph"].scratch.n == 3
