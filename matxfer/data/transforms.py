@@ -40,6 +40,7 @@ spread (constant, or a single labelled record) gets scale 1 and a warning.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
@@ -77,6 +78,12 @@ _LAMBDA_EPS = 1e-8
 _TINY = 1e-300
 #: Predictions are kept within the training range widened by this share of it per side.
 _RANGE_MARGIN = 0.5
+
+
+def _column_names(mask: Tensor, names: Sequence[str] | None) -> str:
+    """The columns ``mask`` marks, by name when known (``'dc', 'pz'``), else by number."""
+    columns = torch.nonzero(mask).flatten().tolist()
+    return ", ".join(repr(names[c]) for c in columns) if names else str(columns)
 
 
 def _column_mean_std(values: Tensor, labelled: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,12 +221,13 @@ class TargetTransform(nn.Module):
             self._set_power_state(state["power"])
 
     @torch.no_grad()
-    def fit(self, y: Tensor | np.ndarray) -> TargetTransform:
+    def fit(self, y: Tensor | np.ndarray, names: Sequence[str] | None = None) -> TargetTransform:
         """Compute the statistics from training targets.
 
         Args:
             y: Training targets ``[N, P]`` (or ``[N]`` when P = 1), NaN where
                 a label is missing; never include validation or test records.
+            names: The P target names, for messages (default: column numbers).
 
         Returns:
             ``self``, fitted.
@@ -233,9 +241,16 @@ class TargetTransform(nn.Module):
         labelled = ~torch.isnan(values)
         count = labelled.sum(dim=0)
         if bool((count == 0).any()):
-            empty = torch.nonzero(count == 0).flatten().tolist()
-            raise DataError(f"target column(s) {empty} have no labelled training value")
+            empty = _column_names(count == 0, names)
+            raise DataError(f"target(s) {empty} have no labelled training value")
         mean, std = _column_mean_std(values, labelled)
+        if self.kind != "none" and bool((std == 0).any()):
+            warnings.warn(
+                f"target(s) {_column_names(std == 0, names)} have the same value for every "
+                "training record (zero spread); using scale 1 for them",
+                UserWarning,
+                stacklevel=2,
+            )
         y_min = torch.where(labelled, values, torch.inf).amin(dim=0)
         y_max = torch.where(labelled, values, -torch.inf).amax(dim=0)
         for name, stat in zip(_STATS, (mean, std, y_min, y_max), strict=True):
@@ -265,14 +280,6 @@ class TargetTransform(nn.Module):
     def _update_affine(self) -> None:
         """Derive ``shift``/``scale`` from the statistics and ``kind``."""
         flat = self.std == 0
-        if self.kind != "none" and bool(flat.any()):
-            columns = torch.nonzero(flat).flatten().tolist()
-            warnings.warn(
-                f"target column(s) {columns} have zero spread in the training data; "
-                "using scale 1 for them",
-                UserWarning,
-                stacklevel=3,
-            )
         std = torch.where(flat, 1.0, self.std)
         half_range = torch.where(flat, 1.0, (self.max - self.min) / 2)
         centre = (self.max + self.min) / 2
@@ -395,10 +402,7 @@ class TargetTransform(nn.Module):
         if "power" in data:
             transform._set_power_state(data["power"])
         transform.fitted.fill_(bool(data["fitted"]))
-        with warnings.catch_warnings():
-            # The zero-spread warning was already given when the transform was fitted.
-            warnings.simplefilter("ignore", UserWarning)
-            transform._update_affine()
+        transform._update_affine()
         return transform
 
 

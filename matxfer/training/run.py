@@ -430,7 +430,7 @@ def _fit(
         for split, records in splits.parts().items()
     }
     transform = TargetTransform(config.target_transform, len(splits.target_names))
-    transform.fit(labels_of(splits.train, splits.target_names))
+    transform.fit(labels_of(splits.train, splits.target_names), splits.target_names)
     if model is None:
         model = build_model(config, len(splits.target_names))
     else:

@@ -89,9 +89,11 @@ def test_columns_are_fitted_independently() -> None:
 
 def test_zero_spread_column_warns_and_uses_scale_one() -> None:
     y = torch.tensor([[2.0, 1.0], [2.0, 3.0]])
-    with pytest.warns(UserWarning, match=r"column\(s\) \[0\] have zero spread"):
+    with pytest.warns(UserWarning, match=r"target\(s\) \[0\] have the same value"):
         transform = TargetTransform("standardize", num_targets=2).fit(y)
     assert transform(y)[:, 0].tolist() == [0.0, 0.0]
+    with pytest.warns(UserWarning, match=r"target\(s\) 'dc' have the same value for every"):
+        TargetTransform("standardize", num_targets=2).fit(y, names=["dc", "pz"])
     assert torch.equal(transform.inverse(transform(y)), y)
 
 
@@ -137,7 +139,7 @@ def test_bad_use_gives_clear_errors() -> None:
         TargetTransform()(torch.zeros(3))
     with pytest.raises(DataError, match=r"shape \[N, 2\]"):
         TargetTransform(num_targets=2).fit(torch.zeros(4, 3))
-    with pytest.raises(DataError, match=r"column\(s\) \[1\] have no labelled"):
+    with pytest.raises(DataError, match=r"target\(s\) \[1\] have no labelled"):
         TargetTransform(num_targets=2).fit(torch.tensor([[1.0, np.nan], [2.0, np.nan]]))
     fitted = TargetTransform(num_targets=2).fit(torch.rand(4, 2))
     with pytest.raises(DataError, match="last dimension 2"):
