@@ -92,11 +92,11 @@ def problem_lines(problems: list[Problem]) -> list[str]:
         shown[problem.reason] += 1
         if shown[problem.reason] <= SAME_REASON_LINES:
             lines.append(f"  {problem}")
+    hidden = len(lines) - MAX_PROBLEM_LINES
     lines = lines[:MAX_PROBLEM_LINES]
     for reason, count in shown.items():
         if count > SAME_REASON_LINES:
             lines.append(f"  ... and {count - SAME_REASON_LINES} more records: {reason}")
-    hidden = sum(min(n, SAME_REASON_LINES) for n in shown.values()) - MAX_PROBLEM_LINES
     if hidden > 0:
         lines.append(f"  ... and {hidden} more problems")
     return lines

@@ -173,11 +173,12 @@ def read_records(
     format: str | None = None,
     target_key: str | None = None,
     skip_invalid: bool = False,
+    require_targets: bool = True,
 ) -> tuple[list[Record], str, int]:
-    """Read a dataset file or directory: (records, source, number skipped)."""
-    return _part(
-        read_dataset(data, format=format, target_key=target_key, skip_invalid=skip_invalid)
-    )
+    """Read a dataset file or directory: (records, source, number skipped); with
+    ``require_targets=False``, ALIGNN records without a label are kept unlabelled."""
+    validation = ValidationConfig(require_targets=require_targets)
+    return _part(read_dataset(data, format, target_key, skip_invalid, validation))
 
 
 def prepare_splits(
@@ -312,8 +313,7 @@ def records_to_predict(
     if files is not None:
         records, skipped = read_unlabelled(files, skip_invalid)
         return records, str(data), skipped
-    unlabelled = ValidationConfig(require_targets=False)
-    return _part(read_dataset(data, format, target_key, skip_invalid, unlabelled))
+    return read_records(data, format, target_key, skip_invalid, require_targets=False)
 
 
 def _as_structure(item: object) -> Structure:
