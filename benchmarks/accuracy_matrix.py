@@ -12,8 +12,9 @@ match or beat the study (see :mod:`matxfer.study.matrix`)::
     beats_study: <k>/7 scratch, <m>/7 best-FT
 
 ``--recipes DIR`` reads the cache of ``benchmarks/transfer_recipes.py`` instead
-(``DIR/<target><size>/<recipe>/s<seed>``: trial 1, seeds): scratch is its
-``scratch`` recipe, every ``ft*`` recipe a fine-tuning group.
+(``DIR/<target><size>/<recipe>/s<seed>``: trial 1, seeds), with the runs of its
+committed record no longer in the cache (``--no-record``: the cache only):
+scratch is its ``scratch`` recipe, every ``ft*`` recipe a fine-tuning group.
 
     python benchmarks/accuracy_matrix.py --study /work/studies/matrix
     python benchmarks/accuracy_matrix.py --study A --study B --size 100 --json matrix.json
@@ -32,33 +33,27 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # transfer, transfer_recipes
 
 
-def recipe_matrix(cache: Path, size: int) -> list:
-    """The matrix from the ``transfer_recipes.py`` cache: finished runs of each recipe."""
+def recipe_matrix(cache: Path, size: int, record: Path | None) -> list:
+    """The matrix from the ``transfer_recipes.py`` cache and ``record`` (see
+    ``recipe_runs.py``): the finished runs of each recipe at trial 1."""
     import pandas as pd
-    from transfer import finished, test_metrics  # benchmarks/transfer.py
-    from transfer_recipes import run_minutes
+    from recipe_runs import Split, cached_runs, merged_runs
 
     from matxfer.study.matrix import PROPERTIES, property_row, run_accuracy
 
-    def runs_of(recipe_dir: Path) -> pd.DataFrame:
-        rows = []
-        for run in sorted(recipe_dir.glob("s*")):
-            if finished(run):
-                metrics = test_metrics(run)
-                rows.append((metrics["r2"], metrics["mae"], 60 * run_minutes(run)))
-        return pd.DataFrame(rows, columns=["test_r2", "test_mae", "seconds"])
-
     matrix = []
     for target in PROPERTIES:
+        split = Split(target, size)
         scratch, tuned = None, []
-        for recipe_dir in sorted((cache / f"{target}{size}").glob("*")):
-            runs = runs_of(recipe_dir)
-            if runs.empty:
-                continue
-            if recipe_dir.name == "scratch":
+        for recipe, seeds in sorted(merged_runs(record, split, cached_runs(cache, split)).items()):
+            runs = pd.DataFrame(
+                [(m["r2"], m["mae"], 60 * m["minutes"]) for _, m in sorted(seeds.items())],
+                columns=["test_r2", "test_mae", "seconds"],
+            )
+            if recipe == "scratch":
                 scratch = run_accuracy("scratch", runs)
-            elif recipe_dir.name.startswith("ft"):
-                tuned.append(run_accuracy(recipe_dir.name, runs))
+            elif recipe.startswith("ft"):
+                tuned.append(run_accuracy(recipe, runs))
         matrix.append(property_row(target, scratch, tuned, size))
     return matrix
 
@@ -69,6 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     sources.add_argument("--study", type=Path, action="append", help="study directory (repeatable)")
     sources.add_argument(
         "--recipes", type=Path, help="cache of benchmarks/transfer_recipes.py (its --out)"
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="with --recipes: runs recorded by transfer_recipes.py, added to the cache's "
+        "(default: benchmarks/results/transfer_recipes.csv)",
+    )
+    parser.add_argument(
+        "--no-record", dest="record", action="store_const", const=False, help="the cache only"
     )
     parser.add_argument("--size", type=int, default=800, help="FT size (default: 800)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
@@ -83,8 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.recipes is not None:
         if not args.recipes.is_dir():
             sys.exit(f"error: {args.recipes}: no such directory")
-        matrix = recipe_matrix(args.recipes, args.size)
-        print(f"transfer_recipes cache: {args.recipes} (trial 1, seeds as cached)")
+        from recipe_runs import RECORD
+
+        record = None if args.record is False else args.record or RECORD
+        matrix = recipe_matrix(args.recipes, args.size, record)
+        source = f" and record {record}" if record is not None else ""
+        print(f"transfer_recipes cache: {args.recipes}{source} (trial 1, seeds as found)")
     else:
         try:
             for study in args.study:

@@ -15,7 +15,11 @@ A recipe is a pre-training source (:data:`PT_SOURCES`, ``None`` for scratch),
 ``fast`` profile (:data:`RECIPES`). Pre-trainings and runs are cached under
 ``--out`` (``OUT/pt/<source>``, ``OUT/<data><size>/<recipe>/s<seed>``) and
 reused, so several processes (one per core, ``MATXFER_THREADS=1``) can each be
-given some recipes and a last one with ``--table-only`` prints the table.
+given some recipes and a last one with ``--table-only`` prints the table. Printing
+the table adds every finished run's metrics to the committed record
+(``benchmarks/results/transfer_recipes.csv``, see ``recipe_runs.py``), and the
+table includes recorded runs no longer in the cache (``--no-record``: the cache
+only), so the tables in README can be printed again on another machine.
 
     MATXFER_THREADS=1 python benchmarks/transfer_recipes.py --out RUNS \\
         --recipes scratch,ftdemo --seeds 0,1,2,3,4
@@ -29,7 +33,6 @@ given some recipes and a last one with ``--table-only`` prints the table.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from recipe_runs import (  # noqa: E402  (benchmarks/recipe_runs.py)
+    RECORD,
+    Runs,
+    Split,
+    cached_runs,
+    merged_runs,
+    run_minutes,
+    write_record,
+)
 from transfer import cached_run, finished, test_metrics  # noqa: E402  (benchmarks/transfer.py)
 
 from matxfer.training.metrics import mean_std_se  # noqa: E402
@@ -143,7 +155,7 @@ POOLED: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, required=True, help="cache of PT and FT runs")
@@ -159,8 +171,20 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--recipes", default="scratch,ft", help=f"of: {', '.join(RECIPES)}")
-    parser.add_argument("--table-only", action="store_true", help="print cached runs only")
-    return parser.parse_args()
+    parser.add_argument(
+        "--table-only", action="store_true", help="print cached and recorded runs only"
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=RECORD,
+        help="CSV keeping every finished run's metrics, read and updated when the table is "
+        "printed (default: benchmarks/results/transfer_recipes.csv)",
+    )
+    parser.add_argument(
+        "--no-record", dest="record", action="store_const", const=None, help="ignore the record"
+    )
+    return parser.parse_args(argv)
 
 
 def pretrain(name: str, out: Path, data_dir: str) -> Path:
@@ -240,14 +264,6 @@ def run_recipe(args: argparse.Namespace, name: str, seed: int) -> Path:
     )
 
 
-def run_minutes(run_dir: Path) -> float:
-    """Training + validation minutes of a run, from its per-epoch log."""
-    from matxfer.training.outputs import epoch_log
-
-    log = epoch_log(run_dir / "logs" / "csv")
-    return float(log["epoch_seconds"].sum()) / 60 if "epoch_seconds" in log else math.nan
-
-
 def _row(label: str, runs: list[tuple[int, dict[str, float]]], scratch: dict, pt: str) -> str:
     """One table line: R² and MAE over ``runs`` ((seed, metrics) pairs), paired gains."""
     r2 = mean_std_se([m["r2"] for _, m in runs])
@@ -283,8 +299,8 @@ def ensemble_metrics(run_dirs: list[Path]) -> dict[str, float]:
     return regression_metrics(first["target"].to_numpy(), mean.to_numpy())
 
 
-def print_ensembles(base: Path, results: dict[str, dict[int, dict[str, float]]]) -> None:
-    """Per recipe with several seeds: the ensemble of its seeds (mean prediction)
+def print_ensembles(base: Path, results: Runs) -> None:
+    """Per recipe with several cached seeds: the ensemble of its seeds (mean prediction)
     against the mean of the single runs (the trial-ensemble lever of issue 13)."""
     lines = []
     for name, runs in results.items():
@@ -304,16 +320,21 @@ def print_ensembles(base: Path, results: dict[str, dict[int, dict[str, float]]])
 
 
 def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
-    """Mean ± std (SE) of test R² and MAE per recipe over the cached seeds, and the
-    mean (SE) of the paired differences to scratch at the same seeds."""
-    base = runs_of(args)
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    for name in RECIPES:
-        done = {s: base / name / f"s{s}" for s in seeds if finished(base / name / f"s{s}")}
-        if done:
-            results[name] = {
-                s: {**test_metrics(d), "minutes": run_minutes(d)} for s, d in done.items()
-            }
+    """Mean ± std (SE) of test R² and MAE per recipe over the seeds cached or recorded,
+    and the mean (SE) of the paired differences to scratch at the same seeds."""
+    split = Split(args.data, args.size, args.trial, args.test_seed)
+    cached = cached_runs(args.out, split)
+    if args.record is not None:
+        written = write_record(args.record, split, cached)
+        if written:
+            print(f"recorded {written} finished runs in {args.record}")
+    every = merged_runs(args.record, split, cached)
+
+    def of(runs: Runs) -> Runs:
+        picked = {n: {s: runs[n][s] for s in seeds if s in runs.get(n, {})} for n in RECIPES}
+        return {n: r for n, r in picked.items() if r}
+
+    results = of(every)
     print(f"\n{describe_split(args)}, fast profile")
     print(
         f"{'recipe':<23}{'n':>3}  {'R² mean±std (SE)':<21}{'MAE mean±std (SE)':<21}"
@@ -328,7 +349,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
         runs = [item for m in members for item in sorted(results.get(m, {}).items())]
         if runs:
             print(_row(label, runs, scratch, " + ".join(members)))
-    print_ensembles(base, results)
+    print_ensembles(split.folder(args.out), of(cached))
     for name, source in PT_SOURCES.items():
         run_dir = args.out / "pt" / name
         if finished(run_dir):
@@ -338,8 +359,8 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
             )
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RECIPES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,3 +66,19 @@ def lock_held_elsewhere(directory: Path, purpose: str = "run") -> Iterator[subpr
         if holder.poll() is None:
             holder.communicate("", timeout=60)
         holder.wait(timeout=60)
+
+
+def recipe_run(run: Path, r2: float, seconds: float) -> None:
+    """A finished run of ``benchmarks/transfer_recipes.py`` in ``run``: test R² ``r2``, MAE
+    ``1 - r2``, two epochs taking ``seconds`` in all, predictions of four test records
+    (not consistent with ``r2``)."""
+    run.mkdir(parents=True)
+    predictions = "".join(f"t{i},{i},{i * r2}\n" for i in range(4))
+    (run / "predictions_test.csv").write_text("id,target,prediction\n" + predictions)
+    test = {"target": {"original": {"r2": r2, "mae": 1 - r2, "n": 10}}}
+    (run / "metrics.json").write_text(json.dumps({"test": test, "epochs_trained": 2}))
+    (run / "best.ckpt").write_bytes(b"")
+    (run / "done.json").write_text("{}")
+    (run / "logs" / "csv").mkdir(parents=True)
+    rows = "".join(f"{epoch},{seconds / 2}\n" for epoch in range(2))
+    (run / "logs" / "csv" / "metrics.csv").write_text("epoch,epoch_seconds\n" + rows)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from builders import recipe_run
 from conftest import result_row
 
 from matxfer.study.matrix import PROPERTIES, accuracy_matrix, beats_line, format_matrix
@@ -122,29 +123,18 @@ def test_script_prints_and_writes_json(matrix_results: pd.DataFrame, tmp_path: P
     assert fe["scratch"] is None and fe["study_scratch"]["r2_mean"] == pytest.approx(0.91257)
 
 
-def _recipe_run(run: Path, r2: float, seconds: float) -> None:
-    run.mkdir(parents=True)
-    test = {"target": {"original": {"r2": r2, "mae": 1 - r2, "n": 10}}}
-    (run / "metrics.json").write_text(json.dumps({"test": test, "epochs_trained": 2}))
-    (run / "best.ckpt").write_bytes(b"")
-    (run / "done.json").write_text("{}")
-    (run / "logs" / "csv").mkdir(parents=True)
-    rows = "".join(f"{epoch},{seconds / 2}\n" for epoch in range(2))
-    (run / "logs" / "csv" / "metrics.csv").write_text("epoch,epoch_seconds\n" + rows)
-
-
 def test_script_reads_the_recipes_cache(tmp_path: Path) -> None:
     for seed, (scratch, tuned) in enumerate([(0.95, 0.99), (0.97, 0.99)]):
-        _recipe_run(tmp_path / "ph800" / "scratch" / f"s{seed}", scratch, 60.0)
-        _recipe_run(tmp_path / "ph800" / "ftmpt7" / f"s{seed}", tuned, 120.0)
-    _recipe_run(tmp_path / "ph800" / "scratch-yj" / "s0", 0.999, 60.0)  # a scratch variant
+        recipe_run(tmp_path / "ph800" / "scratch" / f"s{seed}", scratch, 60.0)
+        recipe_run(tmp_path / "ph800" / "ftmpt7" / f"s{seed}", tuned, 120.0)
+    recipe_run(tmp_path / "ph800" / "scratch-yj" / "s0", 0.999, 60.0)  # a scratch variant
     (tmp_path / "ph800" / "ftfe" / "s0").mkdir(parents=True)  # unfinished: ignored
-    _recipe_run(tmp_path / "dc800" / "scratch" / "s0", 0.60, 60.0)
+    recipe_run(tmp_path / "dc800" / "scratch" / "s0", 0.60, 60.0)
     spec = importlib.util.spec_from_file_location("accuracy_matrix", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    lines = _capture(module.main, ["--recipes", str(tmp_path)]).splitlines()
+    lines = _capture(module.main, ["--recipes", str(tmp_path), "--no-record"]).splitlines()
     assert any(
         line.startswith("ph: scratch R² 0.960 ± 0.014") and "1.0 min/run" in line for line in lines
     )
