@@ -209,9 +209,14 @@ def pretrain(name: str, out: Path, data_dir: str) -> Path:
     )
 
 
+def split_of(args: argparse.Namespace) -> Split:
+    """The split the runs of ``args`` train and test on."""
+    return Split(args.data, args.size, args.trial, args.test_seed)
+
+
 def runs_of(args: argparse.Namespace) -> Path:
     """The folder of one dataset and size's runs: ``OUT/<data><size>`` (``<data>all``)."""
-    return args.out / f"{args.data}{args.size or 'all'}"
+    return split_of(args).folder(args.out)
 
 
 def describe_split(args: argparse.Namespace) -> str:
@@ -322,7 +327,7 @@ def print_ensembles(base: Path, results: Runs) -> None:
 def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
     """Mean ± std (SE) of test R² and MAE per recipe over the seeds cached or recorded,
     and the mean (SE) of the paired differences to scratch at the same seeds."""
-    split = Split(args.data, args.size, args.trial, args.test_seed)
+    split = split_of(args)
     cached = cached_runs(args.out, split)
     if args.record is not None:
         written = write_record(args.record, split, cached)
@@ -349,7 +354,7 @@ def print_table(args: argparse.Namespace, seeds: list[int]) -> None:
         runs = [item for m in members for item in sorted(results.get(m, {}).items())]
         if runs:
             print(_row(label, runs, scratch, " + ".join(members)))
-    print_ensembles(split.folder(args.out), of(cached))
+    print_ensembles(runs_of(args), of(cached))
     for name, source in PT_SOURCES.items():
         run_dir = args.out / "pt" / name
         if finished(run_dir):
