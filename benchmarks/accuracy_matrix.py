@@ -30,7 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # transfer, transfer_recipes
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # transfer, recipe_runs
+
+from recipe_runs import add_record_options  # noqa: E402
 
 
 def recipe_matrix(cache: Path, size: int, record: Path | None) -> list:
@@ -65,15 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     sources.add_argument(
         "--recipes", type=Path, help="cache of benchmarks/transfer_recipes.py (its --out)"
     )
-    parser.add_argument(
-        "--record",
-        type=Path,
-        help="with --recipes: runs recorded by transfer_recipes.py, added to the cache's "
-        "(default: benchmarks/results/transfer_recipes.csv)",
-    )
-    parser.add_argument(
-        "--no-record", dest="record", action="store_const", const=False, help="the cache only"
-    )
+    add_record_options(parser)
     parser.add_argument("--size", type=int, default=800, help="FT size (default: 800)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
@@ -87,11 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.recipes is not None:
         if not args.recipes.is_dir():
             sys.exit(f"error: {args.recipes}: no such directory")
-        from recipe_runs import RECORD
-
-        record = None if args.record is False else args.record or RECORD
-        matrix = recipe_matrix(args.recipes, args.size, record)
-        source = f" and record {record}" if record is not None else ""
+        matrix = recipe_matrix(args.recipes, args.size, args.record)
+        source = f" and record {args.record}" if args.record is not None else ""
         print(f"transfer_recipes cache: {args.recipes}{source} (trial 1, seeds as found)")
     else:
         try:

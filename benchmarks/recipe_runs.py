@@ -12,6 +12,7 @@ come from the cache only.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ from pathlib import Path
 RECORD = Path(__file__).resolve().parent / "results" / "transfer_recipes.csv"
 #: Columns naming a run; a second run with the same key replaces the first.
 KEY = ("data", "size", "trial", "test_seed", "recipe", "seed")
-COLUMNS = (*KEY, "r2", "mae", "epochs", "minutes")
+#: What is kept of each run.
+METRICS = ("r2", "mae", "epochs", "minutes")
+COLUMNS = (*KEY, *METRICS)
 
 #: recipe → seed → {"r2", "mae", "epochs", "minutes"}
 Runs = dict[str, dict[int, dict[str, float]]]
@@ -40,6 +43,20 @@ class Split:
     def folder(self, cache: Path) -> Path:
         """Where the cache keeps this split's runs: ``cache/<data><size>`` (``<data>all``)."""
         return cache / f"{self.data}{self.size or 'all'}"
+
+
+def add_record_options(parser: argparse.ArgumentParser) -> None:
+    """``--record CSV`` (default: :data:`RECORD`) and ``--no-record`` (``args.record`` None)."""
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=RECORD,
+        help="CSV keeping every finished run's metrics, read beside the run cache "
+        "(default: benchmarks/results/transfer_recipes.csv)",
+    )
+    parser.add_argument(
+        "--no-record", dest="record", action="store_const", const=None, help="the cache only"
+    )
 
 
 def run_minutes(run_dir: Path) -> float:
@@ -78,8 +95,8 @@ def recorded_runs(record: Path | None, split: Split) -> Runs:
     ]
     runs: Runs = {}
     for row in mine.itertuples(index=False):
-        metrics = {"r2": row.r2, "mae": row.mae, "epochs": row.epochs, "minutes": row.minutes}
-        runs.setdefault(row.recipe, {})[int(row.seed)] = {k: float(v) for k, v in metrics.items()}
+        metrics = {name: float(getattr(row, name)) for name in METRICS}
+        runs.setdefault(row.recipe, {})[int(row.seed)] = metrics
     return runs
 
 
@@ -101,7 +118,7 @@ def write_record(record: Path, split: Split, runs: Runs) -> int:
     from matxfer.locking import DirectoryLock
 
     rows = [
-        {**vars(split), "recipe": recipe, "seed": seed, **{c: m[c] for c in COLUMNS[len(KEY) :]}}
+        {**vars(split), "recipe": recipe, "seed": seed, **{name: m[name] for name in METRICS}}
         for recipe, seeds in runs.items()
         for seed, m in seeds.items()
     ]

@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recipe_runs import (  # noqa: E402  (benchmarks/recipe_runs.py)
-    RECORD,
     Runs,
     Split,
+    add_record_options,
     cached_runs,
     merged_runs,
     run_minutes,
@@ -174,16 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--table-only", action="store_true", help="print cached and recorded runs only"
     )
-    parser.add_argument(
-        "--record",
-        type=Path,
-        default=RECORD,
-        help="CSV keeping every finished run's metrics, read and updated when the table is "
-        "printed (default: benchmarks/results/transfer_recipes.csv)",
-    )
-    parser.add_argument(
-        "--no-record", dest="record", action="store_const", const=None, help="ignore the record"
-    )
+    add_record_options(parser)
     return parser.parse_args(argv)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from pymatgen.core import Structure
 
@@ -82,3 +86,25 @@ def recipe_run(run: Path, r2: float, seconds: float) -> None:
     (run / "logs" / "csv").mkdir(parents=True)
     rows = "".join(f"{epoch},{seconds / 2}\n" for epoch in range(2))
     (run / "logs" / "csv" / "metrics.csv").write_text("epoch,epoch_seconds\n" + rows)
+
+
+#: The hand-run benchmark scripts.
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (loading it puts benchmarks/ on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def printed_lines(main: Callable[[list[str]], object], argv: list[str]) -> list[str]:
+    """What ``main(argv)`` prints, line by line."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main(argv)
+    return buffer.getvalue().splitlines()

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from builders import recipe_run
+from builders import benchmark_script, printed_lines, recipe_run
 from conftest import result_row
 
 from matxfer.study.matrix import PROPERTIES, accuracy_matrix, beats_line, format_matrix
 from matxfer.study.store import write_result
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy_matrix.py"
 
 
 def _runs(target: str, kind: str, source: str, r2s: list[float]) -> list[dict[str, object]]:
@@ -101,16 +98,12 @@ def test_script_prints_and_writes_json(matrix_results: pd.DataFrame, tmp_path: P
     study = tmp_path / "study"
     for row in matrix_results.to_dict("records"):  # a table's NaN: an unset value
         write_result(study, {k: None if pd.isna(v) else v for k, v in row.items()})
-    spec = importlib.util.spec_from_file_location("accuracy_matrix", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("accuracy_matrix")
     out = tmp_path / "matrix.json"
     # The same study twice: its jobs count once.
-    printed = _capture(
+    lines = printed_lines(
         module.main, ["--study", str(study), "--study", str(study), "--json", str(out)]
     )
-    lines = printed.splitlines()
     assert lines[-1] == "beats_study: 1/7 scratch, 2/7 best-FT"
     assert "fe: not measured" in lines
     assert any(line.startswith("ph: scratch R² 0.825 ± 0.035") and "n=2" in line for line in lines)
@@ -130,11 +123,8 @@ def test_script_reads_the_recipes_cache(tmp_path: Path) -> None:
     recipe_run(tmp_path / "ph800" / "scratch-yj" / "s0", 0.999, 60.0)  # a scratch variant
     (tmp_path / "ph800" / "ftfe" / "s0").mkdir(parents=True)  # unfinished: ignored
     recipe_run(tmp_path / "dc800" / "scratch" / "s0", 0.60, 60.0)
-    spec = importlib.util.spec_from_file_location("accuracy_matrix", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    lines = _capture(module.main, ["--recipes", str(tmp_path), "--no-record"]).splitlines()
+    module = benchmark_script("accuracy_matrix")
+    lines = printed_lines(module.main, ["--recipes", str(tmp_path), "--no-record"])
     assert any(
         line.startswith("ph: scratch R² 0.960 ± 0.014") and "1.0 min/run" in line for line in lines
     )
@@ -142,13 +132,3 @@ def test_script_reads_the_recipes_cache(tmp_path: Path) -> None:
     assert not any("scratch-yj" in line or "ftfe" in line for line in lines)
     # ph: scratch 0.96 ≥ 0.904 and FT 0.99 ≥ 0.979 > 0.96; dc 0.60 < 0.653.
     assert lines[-1] == "beats_study: 1/7 scratch, 1/7 best-FT"
-
-
-def _capture(main: object, argv: list[str]) -> str:
-    import contextlib
-    import io
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        main(argv)  # type: ignore[operator]
-    return buffer.getvalue()

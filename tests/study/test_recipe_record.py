@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import math
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 import pytest
-from builders import recipe_run
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _script(name: str) -> ModuleType:
-    """A benchmark script as a module (it puts benchmarks/ on sys.path when loaded)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _printed(main: object, argv: list[str]) -> list[str]:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        main(argv)  # type: ignore[operator]
-    return buffer.getvalue().splitlines()
+from builders import benchmark_script, printed_lines, recipe_run
 
 
 @pytest.fixture
 def runs() -> ModuleType:
-    _script("accuracy_matrix")  # puts benchmarks/ on sys.path
+    benchmark_script("accuracy_matrix")  # puts benchmarks/ on sys.path
     import recipe_runs
 
     return recipe_runs
@@ -91,10 +68,10 @@ def test_tables_are_printed_from_the_record_after_the_cache_is_gone(tmp_path: Pa
     for seed, (scratch, tuned) in enumerate([(0.95, 0.99), (0.97, 0.99)]):
         recipe_run(cache / "ph800" / "scratch" / f"s{seed}", scratch, 60.0)
         recipe_run(cache / "ph800" / "ftmpt7" / f"s{seed}", tuned, 120.0)
-    recipes = _script("transfer_recipes")
+    recipes = benchmark_script("transfer_recipes")
     argv = ["--out", str(cache), "--data", "ph", "--size", "800", "--table-only"]
     argv += ["--record", str(record)]
-    first = _printed(recipes.main, [*argv, "--seeds", "0,1"])
+    first = printed_lines(recipes.main, [*argv, "--seeds", "0,1"])
     assert first[0] == f"recorded 4 finished runs in {record}"
     assert any(line.startswith("ensemble of the seeds") for line in first)
 
@@ -102,7 +79,7 @@ def test_tables_are_printed_from_the_record_after_the_cache_is_gone(tmp_path: Pa
     shutil.rmtree(cache)
     recipe_run(cache / "ph800" / "scratch" / "s2", 0.96, 60.0)
     recipe_run(cache / "ph800" / "ftmpt7" / "s2", 0.98, 120.0)
-    lines = _printed(recipes.main, [*argv, "--seeds", "0,1,2"])
+    lines = printed_lines(recipes.main, [*argv, "--seeds", "0,1,2"])
     ftmpt7 = next(line for line in lines if line.startswith("ftmpt7 "))
     # Three seeds, paired with scratch at each: +0.04, +0.02, +0.02.
     assert ftmpt7.split()[1] == "3" and "+0.027" in ftmpt7
@@ -110,11 +87,13 @@ def test_tables_are_printed_from_the_record_after_the_cache_is_gone(tmp_path: Pa
     # Ensembles need predictions: only cached runs, here one seed each, so none.
     assert not any(line.startswith("ensemble") for line in lines)
 
-    matrix = _script("accuracy_matrix")
-    printed = _printed(
+    matrix = benchmark_script("accuracy_matrix")
+    printed = printed_lines(
         matrix.main, ["--recipes", str(cache), "--record", str(record), "--size", "800"]
     )
     assert any(line.startswith("ph: scratch R² 0.960 ± 0.010") for line in printed)
     assert any("n=3" in line for line in printed if line.startswith("ph: scratch"))
-    cache_only = _printed(matrix.main, ["--recipes", str(cache), "--no-record", "--size", "800"])
+    cache_only = printed_lines(
+        matrix.main, ["--recipes", str(cache), "--no-record", "--size", "800"]
+    )
     assert any("n=1" in line for line in cache_only if line.startswith("ph: scratch"))
